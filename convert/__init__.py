@@ -1,0 +1,1 @@
+"""Build side of fslm-edge: training, LoRA export, merging, quantization (may import torch)."""

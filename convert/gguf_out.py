@@ -1,0 +1,115 @@
+"""Atomic GGUF writing: a small state machine over ``gguf.GGUFWriter``.
+
+    with GGUFOut(path, arch="llama") as out:      # state: collecting
+        out.add_kv(...); out.add_tensor(name, array)
+        out.commit()                              # state: committed (file renamed into place)
+
+Leaving the block without ``commit()`` (an exception, Ctrl-C) aborts: the
+temporary file is removed and nothing appears at ``path``. Calls out of order
+(a tensor after commit, a second commit) raise ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+
+class _State(Enum):
+    COLLECTING = "collecting"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+class GGUFOut:
+    def __init__(self, path: str | os.PathLike, arch: str):
+        import gguf
+
+        self.path = Path(path)
+        self.arch = arch
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self.writer = gguf.GGUFWriter(str(self._tmp), arch)
+        self._state = _State.COLLECTING
+        self._names: set[str] = set()
+
+    def _require(self, state: _State, action: str) -> None:
+        if self._state is not state:
+            raise RuntimeError(f"cannot {action}: the GGUF writer for {self.path} is {self._state.value}")
+
+    def add_tensor(self, name: str, array: np.ndarray, raw_dtype=None, raw_shape=None) -> None:
+        self._require(_State.COLLECTING, f"add tensor {name}")
+        if name in self._names:
+            raise RuntimeError(f"duplicate tensor {name} for {self.path}")
+        self._names.add(name)
+        if raw_dtype is None:
+            self.writer.add_tensor(name, np.ascontiguousarray(array))
+        else:
+            self.writer.add_tensor(name, array, raw_shape=raw_shape, raw_dtype=raw_dtype)
+
+    def add_kv(self, method: str, *args) -> None:
+        """Call ``GGUFWriter.<method>(*args)``, e.g. add_kv("add_name", "x")."""
+        self._require(_State.COLLECTING, f"add metadata ({method})")
+        getattr(self.writer, method)(*args)
+
+    def commit(self) -> Path:
+        self._require(_State.COLLECTING, "commit")
+        try:
+            self.writer.write_header_to_file()
+            self.writer.write_kv_data_to_file()
+            self.writer.write_tensors_to_file()
+            self.writer.close()
+            with open(self._tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._state = _State.COMMITTED
+        return self.path
+
+    def abort(self) -> None:
+        if self._state is _State.COMMITTED:
+            return
+        self._state = _State.ABORTED
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001 - best effort while already failing
+            pass
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> GGUFOut:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._state is _State.COLLECTING:
+            self.abort()
+
+
+def write_lora_gguf(path: str | os.PathLike, arch: str, alpha: float,
+                    tensors: Mapping[str, tuple[np.ndarray, np.ndarray]], name: str = "lora",
+                    dtype=np.float32) -> Path:
+    """Write a llama.cpp LoRA adapter.
+
+    ``tensors`` maps a base tensor name (``blk.0.attn_q.weight``) to ``(A, B)``
+    in PEFT's layout: A is ``(r, n_in)``, B is ``(n_out, r)``, already in the
+    base GGUF's row order (llama q/k permutation applied by the caller).
+    """
+    with GGUFOut(path, arch) as out:
+        out.add_kv("add_type", "adapter")
+        out.add_kv("add_string", "adapter.type", "lora")
+        out.add_kv("add_float32", "adapter.lora.alpha", float(alpha))
+        out.add_kv("add_name", name)
+        for base_name, (a, b) in tensors.items():
+            if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+                raise ValueError(f"{base_name}: A {a.shape} and B {b.shape} do not share a rank")
+            out.add_tensor(f"{base_name}.lora_a", a.astype(dtype))
+            out.add_tensor(f"{base_name}.lora_b", b.astype(dtype))
+        return out.commit()

@@ -1,0 +1,129 @@
+"""The ``fslm-edge`` command line. The only place errors become exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tomllib
+
+import click
+
+from .errors import FslmError, InputError
+
+EXIT_INTERRUPTED = 130
+
+
+class _Cli(click.Group):
+    """Turns FslmError into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        debug = "--debug" in sys.argv[1:] or bool(os.environ.get("FSLM_EDGE_DEBUG"))
+        try:
+            return super().invoke(ctx)
+        except FslmError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except (OSError, MemoryError) as exc:
+            if debug:
+                raise
+            click.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks and llama.cpp logs.")
+@click.version_option(package_name="fslm-edge")
+def main(debug: bool) -> None:
+    """Run stacks of small language models offline."""
+    if debug:
+        os.environ["FSLM_EDGE_VERBOSE"] = "1"
+
+
+def parse_overrides(items: tuple[str, ...]) -> dict[str, object]:
+    """``stage.key=value`` pairs; values are TOML literals, else strings."""
+    overrides: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise InputError(f"--set {item!r}: write stage.key=value (e.g. --set answer.temperature=0.7)")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        overrides[key.strip()] = value
+    return overrides
+
+
+def read_question(question: str | None) -> str:
+    if question == "-" or (question is None and not sys.stdin.isatty()):
+        question = sys.stdin.read()
+    if question is None:
+        raise InputError("no question: pass it as an argument, or '-' to read it from stdin")
+    if not question.strip():
+        raise InputError("the question is empty; pass some text (or '-' to read it from stdin)")
+    return question
+
+
+@main.command()
+@click.argument("stack_file", metavar="STACK")
+@click.argument("question", required=False)
+@click.option("--quiet", "-q", is_flag=True, help="Print only the final answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON event per line.")
+@click.option("--show-prompts", is_flag=True, help="Show each stage's rendered prompt.")
+@click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE",
+              help="Override a stack setting, e.g. --set answer.max_tokens=64 (also *.key, stack.key).")
+def run(stack_file: str, question: str | None, quiet: bool, as_json: bool, show_prompts: bool,
+        sets: tuple[str, ...]) -> None:
+    """Run STACK on QUESTION ('-' or no QUESTION with a pipe: read stdin)."""
+    from .events import StackResult, event_to_dict
+    from .stack import Stack
+
+    text = read_question(question)
+    overrides = parse_overrides(sets)
+    with Stack.load(stack_file, overrides) as stack:
+        events = stack.stream(text)
+        if as_json:
+            for event in events:
+                click.echo(json.dumps(event_to_dict(event), ensure_ascii=False))
+        elif quiet:
+            for event in events:
+                if isinstance(event, StackResult):
+                    click.echo(event.answer)
+        else:
+            from .view import render_events
+
+            render_events(events, show_prompts=show_prompts)
+
+
+@main.command()
+@click.argument("stack_file", metavar="STACK")
+@click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="Override a stack setting.")
+def repl(stack_file: str, sets: tuple[str, ...]) -> None:
+    """Chat with STACK interactively (/help for commands)."""
+    from .repl import Repl
+
+    Repl(stack_file, parse_overrides(sets)).loop()
+
+
+@main.command()
+@click.argument("stack_file", metavar="STACK")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def info(stack_file: str, as_json: bool) -> None:
+    """Show STACK's resolved models, adapters and a memory estimate."""
+    from .report import stack_report
+
+    report = stack_report(stack_file)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        from .view import render_report
+
+        render_report(report)

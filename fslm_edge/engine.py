@@ -1,0 +1,183 @@
+"""llama.cpp models, shared LoRA adapters, and the pure token generator.
+
+``ModelPool`` loads each distinct GGUF file once (memory-mapped) and owns it;
+``LoadedModel`` owns one llama.cpp model + context and the LoRA adapters
+initialised on it, and switches adapters per stage through llama.cpp's
+adapter API, so N adapter stages over one base cost one model's memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .config import Sampling
+from .errors import AdapterError, ModelError, RuntimeFailure
+from .ggufinfo import GGUFInfo, check_adapter, read_gguf_info
+from .prompts import ChatTemplate
+
+
+@contextmanager
+def _quiet_stderr():
+    """llama.cpp prints load logs on fd 2; keep them off the user's terminal."""
+    if os.environ.get("FSLM_EDGE_VERBOSE"):
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class LoadedModel:
+    """One GGUF model in llama.cpp, its context, and adapters over it."""
+
+    def __init__(self, path: Path, n_ctx: int, n_threads: int, n_batch: int = 512):
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self.path = Path(path)
+        self.n_ctx = n_ctx
+        try:
+            with _quiet_stderr():
+                self.llm = llama_cpp.Llama(
+                    model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                    n_batch=min(n_batch, n_ctx), use_mmap=True, verbose=False,
+                )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"llama.cpp could not load {path} ({exc}); the file may be truncated, corrupt "
+                             "or of an unsupported architecture") from None
+        self._adapters: dict[Path, ctypes.c_void_p] = {}
+        self._active: tuple = ()
+        self._info: GGUFInfo | None = None
+        self.chat_template = self._read_chat_template()
+
+    # -- metadata -----------------------------------------------------------
+    @property
+    def info(self) -> GGUFInfo:
+        if self._info is None:
+            self._info = read_gguf_info(self.path)
+        return self._info
+
+    def _read_chat_template(self) -> ChatTemplate | None:
+        source = self.llm.metadata.get("tokenizer.chat_template")
+        if not source:
+            return None
+        return ChatTemplate(source, self.token_text(self.llm.token_bos()), self.token_text(self.llm.token_eos()))
+
+    def token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self.llm._model.token_get_text(token)
+
+    # -- tokens ---------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    def tokenize_plain(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.llm.detokenize(tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self.llm._model.vocab, token))
+
+    # -- adapters -----------------------------------------------------------
+    def add_adapter(self, path: Path) -> None:
+        """Check an adapter against this base and initialise it (once)."""
+        path = Path(path).resolve()
+        if path in self._adapters:
+            return
+        check_adapter(path, self.info)
+        with _quiet_stderr():
+            handle = self._lib.llama_adapter_lora_init(self.llm._model.model, str(path).encode("utf-8"))
+        if not handle:
+            raise AdapterError(f"llama.cpp refused the adapter {path}; export it again for {self.path.name}")
+        self._adapters[path] = handle
+
+    def use_adapter(self, path: Path | None, scale: float = 1.0) -> None:
+        """Make ``path`` (or no adapter) active; drops the KV cache on a change."""
+        key = (Path(path).resolve(), float(scale)) if path is not None else ()
+        if key == self._active:
+            return
+        ctx = self.llm._ctx.ctx
+        if path is None:
+            status = self._lib.llama_set_adapters_lora(ctx, None, 0, None)
+        else:
+            handles = (self._lib.llama_adapter_lora_p_ctypes * 1)(self._adapters[key[0]])
+            scales = (ctypes.c_float * 1)(key[1])
+            status = self._lib.llama_set_adapters_lora(ctx, handles, 1, scales)
+        if status != 0:
+            raise RuntimeFailure(f"llama.cpp could not switch adapters (status {status})")
+        self.llm.reset()  # cached keys/values were computed under the old weights
+        self._active = key
+
+    # -- generation ---------------------------------------------------------
+    def generate(self, prompt_tokens: list[int], sampling: Sampling, cancel: threading.Event | None = None
+                 ) -> Iterator[int]:
+        """The pure token generator: sampled token ids until EOG or max_tokens."""
+        if sampling.seed is not None:
+            self.llm.set_seed(sampling.seed)
+        produced = 0
+        stream = self.llm.generate(
+            prompt_tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
+            temp=sampling.temperature, repeat_penalty=sampling.repeat_penalty, reset=True,
+        )
+        try:
+            for token in stream:
+                if cancel is not None and cancel.is_set():
+                    return
+                if self.is_eog(token):
+                    return
+                yield token
+                produced += 1
+                if produced >= sampling.max_tokens:
+                    return
+        finally:
+            stream.close()
+
+    def close(self) -> None:
+        if getattr(self, "llm", None) is None:
+            return
+        self._adapters.clear()  # llama.cpp frees adapters together with their model
+        self.llm.close()
+        self.llm = None
+
+
+class ModelPool:
+    """Loads each distinct model file once and shares it; owns them all."""
+
+    def __init__(self, n_ctx: int, n_threads: int, n_batch: int = 512):
+        self.n_ctx, self.n_threads, self.n_batch = n_ctx, n_threads, n_batch
+        self._models: dict[Path, LoadedModel] = {}
+
+    def get(self, path: Path) -> LoadedModel:
+        key = Path(path).resolve()
+        model = self._models.get(key)
+        if model is None:
+            model = LoadedModel(key, self.n_ctx, self.n_threads, self.n_batch)
+            self._models[key] = model
+        return model
+
+    @property
+    def models(self) -> list[LoadedModel]:
+        return list(self._models.values())
+
+    def close(self) -> None:
+        for model in self._models.values():
+            model.close()
+        self._models.clear()

@@ -1,0 +1,84 @@
+"""Typed events of a stack run, in the order they are streamed.
+
+``StageStart`` -> ``TextDelta``* -> ``StageEnd`` for every stage (with a
+``ContextWarning`` before ``StageStart`` when upstream text had to be cut),
+then one ``StackResult``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class StageStart:
+    stage: str
+    index: int
+    prompt: str
+    type: str = "stage_start"
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    stage: str
+    text: str
+    type: str = "delta"
+
+
+@dataclass(frozen=True)
+class StageStats:
+    prompt_tokens: int
+    generated_tokens: int
+    time_to_first_token_s: float
+    tokens_per_s: float
+    seconds: float
+    stop_reason: str  # "eos", "stop", "length" or "cancelled"
+
+
+@dataclass(frozen=True)
+class StageEnd:
+    stage: str
+    text: str
+    prompt: str
+    stats: StageStats
+    type: str = "stage_end"
+
+
+@dataclass(frozen=True)
+class ContextWarning:
+    stage: str
+    message: str
+    dropped_tokens: int
+    type: str = "warning"
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    name: str
+    prompt: str
+    text: str
+    stats: StageStats
+
+
+@dataclass(frozen=True)
+class StackResult:
+    question: str
+    stages: tuple[StageOutput, ...]
+    answer: str
+    seconds: float
+    cancelled: bool = False
+    type: str = "result"
+
+    def stage(self, name: str) -> StageOutput:
+        for out in self.stages:
+            if out.name == name:
+                return out
+        raise KeyError(name)
+
+
+Event = StageStart | TextDelta | StageEnd | ContextWarning | StackResult
+
+
+def event_to_dict(event: Event) -> dict:
+    """A JSON-ready dict of any event (what ``--json`` prints per line)."""
+    return asdict(event)

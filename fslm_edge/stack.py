@@ -1,0 +1,210 @@
+"""The Python API: load a stack, stream its stages, collect the result.
+
+    with Stack.load("stacks/qa.toml") as stack:
+        for event in stack.stream("Why is the sky blue?"):
+            ...
+        result = stack.run("What is 2 + 2?")
+
+``stream`` may run on a worker thread while another thread consumes events
+and calls ``cancel()``; one question runs at a time per stack.
+"""
+
+from __future__ import annotations
+
+import codecs
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import StackConfig, StageConfig, load_stack_config
+from .engine import LoadedModel, ModelPool
+from .errors import ContextOverflowError, InputError
+from .events import ContextWarning, Event, StackResult, StageEnd, StageOutput, StageStart, StageStats, TextDelta
+from .models import resolve_model
+from .prompts import stage_prompt
+from .stopping import StopMatcher
+
+
+@dataclass
+class _Binding:
+    """A stage bound to its loaded model (and adapter)."""
+
+    config: StageConfig
+    model: LoadedModel
+
+
+def _bind(config: StackConfig, pool: ModelPool) -> list[_Binding]:
+    bindings = []
+    for stage in config.stages:
+        model = pool.get(resolve_model(stage.model, config.base_dir))
+        if stage.adapter is not None:
+            model.add_adapter(stage.adapter)
+        bindings.append(_Binding(stage, model))
+    return bindings
+
+
+class Stack:
+    def __init__(self, config: StackConfig, pool: ModelPool, bindings: list[_Binding]):
+        self.config = config
+        self._pool = pool
+        self._bindings = bindings
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- life cycle ---------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> Stack:
+        """Parse the stack file, load every model once, check and load adapters."""
+        return cls.from_config(load_stack_config(path, overrides))
+
+    @classmethod
+    def from_config(cls, config: StackConfig) -> Stack:
+        pool = ModelPool(config.context_size, config.n_threads, config.batch_size)
+        try:
+            bindings = _bind(config, pool)
+        except BaseException:
+            pool.close()
+            raise
+        return cls(config, pool, bindings)
+
+    def reconfigure(self, overrides: Mapping[str, Any]) -> None:
+        """Re-read the stack file with ``overrides``, keeping the loaded models."""
+        config = load_stack_config(self.config.path, overrides)
+        old = self.config
+        if (config.context_size, config.n_threads, config.batch_size) != (
+                old.context_size, old.n_threads, old.batch_size):
+            raise InputError("context_size, threads and batch_size cannot change on a loaded stack; "
+                             "start again with --set stack.KEY=VALUE")
+        with self._lock:
+            self._bindings = _bind(config, self._pool)
+            self.config = config
+
+    def close(self) -> None:
+        self._cancel.set()
+        with self._lock:
+            if not self._closed:
+                self._pool.close()
+                self._closed = True
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def models(self) -> list[LoadedModel]:
+        return self._pool.models
+
+    def cancel(self) -> None:
+        """Stop the generation in progress (from any thread)."""
+        self._cancel.set()
+
+    # -- running --------------------------------------------------------------
+    def run(self, question: str) -> StackResult:
+        """Run every stage and return the final result (collects ``stream``)."""
+        result = None
+        for event in self.stream(question):
+            result = event
+        assert isinstance(result, StackResult)
+        return result
+
+    def stream(self, question: str) -> Iterator[Event]:
+        """Yield stage events as they happen, then one ``StackResult``."""
+        if not question or not question.strip():
+            raise InputError("the question is empty; pass some text (or '-' to read it from stdin)")
+        if self._closed:
+            raise InputError("this stack is closed; load it again")
+        return self._stream(question.strip())
+
+    def _stream(self, question: str) -> Iterator[Event]:
+        with self._lock:
+            self._cancel.clear()
+            started = time.perf_counter()
+            values: dict[str, str] = {"input": question}
+            outputs: list[StageOutput] = []
+            for index, binding in enumerate(self._bindings):
+                stage = binding.config
+                output = yield from self._run_stage(index, binding, values)
+                outputs.append(output)
+                values[stage.name] = output.text
+                if output.stats.stop_reason == "cancelled":
+                    break
+            cancelled = self._cancel.is_set()
+            answer = outputs[-1].text if outputs and not cancelled else ""
+            yield StackResult(question, tuple(outputs), answer, time.perf_counter() - started, cancelled)
+
+    def _run_stage(self, index: int, binding: _Binding, values: dict[str, str]):
+        stage, model = binding.config, binding.model
+        model.use_adapter(stage.adapter, stage.adapter_scale)
+        prompt, tokens = yield from self._fit_prompt(stage, model, values)
+        yield StageStart(stage.name, index, prompt)
+        started = time.perf_counter()
+        first = None
+        pieces: list[str] = []
+        stopper = StopMatcher(stage.sampling.stop)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        generated = 0
+        reason = "length"
+        for token in model.generate(tokens, stage.sampling, self._cancel):
+            generated += 1
+            if first is None:
+                first = time.perf_counter()
+            text = stopper.feed(decoder.decode(model.llm.detokenize([token])))
+            if text:
+                pieces.append(text)
+                yield TextDelta(stage.name, text)
+            if stopper.stopped:
+                reason = "stop"
+                break
+        else:
+            if self._cancel.is_set():
+                reason = "cancelled"
+            elif generated < stage.sampling.max_tokens:
+                reason = "eos"
+        tail = stopper.feed(decoder.decode(b"", final=True)) + stopper.flush()
+        if tail:
+            pieces.append(tail)
+            yield TextDelta(stage.name, tail)
+        ended = time.perf_counter()
+        first = first or ended
+        decode_s = ended - first
+        stats = StageStats(
+            prompt_tokens=len(tokens), generated_tokens=generated, time_to_first_token_s=first - started,
+            tokens_per_s=(generated - 1) / decode_s if generated > 1 and decode_s > 0 else 0.0,
+            seconds=ended - started, stop_reason=reason,
+        )
+        text = "".join(pieces).strip()
+        yield StageEnd(stage.name, text, prompt, stats)
+        return StageOutput(stage.name, prompt, text, stats)
+
+    def _fit_prompt(self, stage: StageConfig, model: LoadedModel, values: dict[str, str]):
+        """Render the prompt; if it overflows the context, cut upstream stage
+        texts, oldest first, and warn. Error if the question alone overflows."""
+        budget = model.n_ctx - stage.sampling.max_tokens
+        values = dict(values)
+        prompt = stage_prompt(stage, values, model.chat_template)
+        tokens = model.tokenize(prompt)
+        upstream = [name for name in stage.fields if name != "input"]
+        for name in upstream:
+            excess = len(tokens) - budget
+            if excess <= 0:
+                break
+            text_tokens = model.tokenize_plain(values[name])
+            cut = min(len(text_tokens), excess + 4)
+            values[name] = model.detokenize(text_tokens[cut:]).strip()
+            prompt = stage_prompt(stage, values, model.chat_template)
+            tokens = model.tokenize(prompt)
+            yield ContextWarning(stage.name, f"prompt of stage '{stage.name}' overflowed the context "
+                                 f"({model.n_ctx} tokens); dropped {cut} tokens from the start of '{name}'", cut)
+        if len(tokens) > budget:
+            raise ContextOverflowError(
+                f"stage '{stage.name}': the prompt needs {len(tokens)} tokens plus max_tokens "
+                f"{stage.sampling.max_tokens}, more than context_size {model.n_ctx}; raise [stack] context_size, "
+                "lower the stage's max_tokens, or shorten the question"
+            )
+        return prompt, tokens
