@@ -127,3 +127,6 @@ def info(stack_file: str, as_json: bool) -> None:
         from .view import render_report
 
         render_report(report)
+
+
+# -- commands from other modules (each module registers its own commands) ---

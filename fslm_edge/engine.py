@@ -45,7 +45,7 @@ def _quiet_stderr():
 class LoadedModel:
     """One GGUF model in llama.cpp, its context, and adapters over it."""
 
-    def __init__(self, path: Path, n_ctx: int, n_threads: int, n_batch: int = 512):
+    def __init__(self, path: Path, n_ctx: int, n_threads: int, n_batch: int = 512, logits_all: bool = False):
         import llama_cpp
 
         self._lib = llama_cpp
@@ -55,7 +55,7 @@ class LoadedModel:
             with _quiet_stderr():
                 self.llm = llama_cpp.Llama(
                     model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                    n_batch=min(n_batch, n_ctx), use_mmap=True, verbose=False,
+                    n_batch=min(n_batch, n_ctx), use_mmap=True, verbose=False, logits_all=logits_all,
                 )
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"llama.cpp could not load {path} ({exc}); the file may be truncated, corrupt "
@@ -161,15 +161,16 @@ class LoadedModel:
 class ModelPool:
     """Loads each distinct model file once and shares it; owns them all."""
 
-    def __init__(self, n_ctx: int, n_threads: int, n_batch: int = 512):
+    def __init__(self, n_ctx: int, n_threads: int, n_batch: int = 512, logits_all: bool = False):
         self.n_ctx, self.n_threads, self.n_batch = n_ctx, n_threads, n_batch
+        self.logits_all = logits_all
         self._models: dict[Path, LoadedModel] = {}
 
     def get(self, path: Path) -> LoadedModel:
         key = Path(path).resolve()
         model = self._models.get(key)
         if model is None:
-            model = LoadedModel(key, self.n_ctx, self.n_threads, self.n_batch)
+            model = LoadedModel(key, self.n_ctx, self.n_threads, self.n_batch, self.logits_all)
             self._models[key] = model
         return model
 

@@ -36,6 +36,26 @@ class _Binding:
     model: LoadedModel
 
 
+@dataclass(frozen=True)
+class ScoringContext:
+    """The last stage's prompt, ready to score continuations against."""
+
+    model: LoadedModel
+    stage: StageConfig
+    prompt: str
+    tokens: list[int]
+    upstream: tuple[StageOutput, ...]
+
+
+def _last_value(generator):
+    """Drive a sub-generator to its end and return its return value."""
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+
+
 def _bind(config: StackConfig, pool: ModelPool) -> list[_Binding]:
     bindings = []
     for stage in config.stages:
@@ -57,13 +77,14 @@ class Stack:
 
     # -- life cycle ---------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> Stack:
-        """Parse the stack file, load every model once, check and load adapters."""
-        return cls.from_config(load_stack_config(path, overrides))
+    def load(cls, path: str | Path, overrides: Mapping[str, Any] | None = None, logits_all: bool = False) -> Stack:
+        """Parse the stack file, load every model once, check and load adapters.
+        ``logits_all`` keeps logits for every prompt position (for scoring)."""
+        return cls.from_config(load_stack_config(path, overrides), logits_all)
 
     @classmethod
-    def from_config(cls, config: StackConfig) -> Stack:
-        pool = ModelPool(config.context_size, config.n_threads, config.batch_size)
+    def from_config(cls, config: StackConfig, logits_all: bool = False) -> Stack:
+        pool = ModelPool(config.context_size, config.n_threads, config.batch_size, logits_all)
         try:
             bindings = _bind(config, pool)
         except BaseException:
@@ -120,6 +141,26 @@ class Stack:
         if self._closed:
             raise InputError("this stack is closed; load it again")
         return self._stream(question.strip())
+
+    def score_context(self, question: str) -> ScoringContext:
+        """Run every stage but the last (as ``run`` does) and prepare the last
+        stage's prompt on its model, adapter active: what evaluation scores
+        answer choices against."""
+        if not question or not question.strip():
+            raise InputError("the question is empty")
+        question = question.strip()
+        with self._lock:
+            self._cancel.clear()
+            values: dict[str, str] = {"input": question}
+            outputs: list[StageOutput] = []
+            for index, binding in enumerate(self._bindings[:-1]):
+                output = _last_value(self._run_stage(index, binding, values))
+                outputs.append(output)
+                values[binding.config.name] = output.text
+            final = self._bindings[-1]
+            final.model.use_adapter(final.config.adapter, final.config.adapter_scale)
+            prompt, tokens = _last_value(self._fit_prompt(final.config, final.model, values))
+            return ScoringContext(final.model, final.config, prompt, tokens, tuple(outputs))
 
     def _stream(self, question: str) -> Iterator[Event]:
         with self._lock:
