@@ -135,7 +135,9 @@ def _hf_cached_path(ref: str) -> Path:
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo_id=repo_id, filename=filename)
+    hub_cache = os.environ.get("HF_HUB_CACHE") or (
+        os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else None)
+    found = try_to_load_from_cache(repo_id=repo_id, filename=filename, cache_dir=hub_cache)
     if not isinstance(found, str):
         raise ModelError(
             f"{ref} is not in the local Hugging Face cache and fslm-edge never downloads at run time; "

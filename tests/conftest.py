@@ -1,0 +1,60 @@
+"""Shared fixtures: the packaged SmolLM2 model, stack files, random LoRA adapters."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fslm_edge.models import resolve_model
+
+SMOLLM2_DIMS = {"n_layers": 30, "n_embd": 576, "n_kv": 192}
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    return resolve_model("smollm2-135m-instruct")
+
+
+def write_stack(folder: Path, body: str, name: str = "stack.toml", **stack_keys) -> Path:
+    header = {"name": "test", "context_size": 1024, **stack_keys}
+    lines = ["[stack]"] + [f"{k} = {v!r}".replace("'", '"') for k, v in header.items()]
+    path = folder / name
+    path.write_text("\n".join(lines) + "\n\n" + textwrap.dedent(body))
+    return path
+
+
+@pytest.fixture
+def make_stack(tmp_path):
+    def make(body: str, **stack_keys) -> Path:
+        return write_stack(tmp_path, body, **stack_keys)
+
+    return make
+
+
+def random_lora(path: Path, *, arch: str = "llama", n_layers: int = 30, n_in: int = 576, n_q: int = 576,
+                n_kv: int = 192, rank: int = 4, alpha: float = 8.0, scale: float = 0.05, seed: int = 0) -> Path:
+    """A random LoRA GGUF over q/v projections (llama.cpp layout), written with gguf."""
+    from convert.gguf_out import write_lora_gguf
+
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for layer in range(n_layers):
+        for name, n_out in (("attn_q", n_q), ("attn_v", n_kv)):
+            a = rng.normal(0, scale, (rank, n_in)).astype(np.float32)
+            b = rng.normal(0, scale, (n_out, rank)).astype(np.float32)
+            tensors[f"blk.{layer}.{name}.weight"] = (a, b)
+    return write_lora_gguf(path, arch, alpha, tensors, name=path.stem)
+
+
+@pytest.fixture(scope="session")
+def adapters(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("adapters")
+    return {
+        "a": random_lora(folder / "a.gguf", seed=1, scale=0.3),
+        "b": random_lora(folder / "b.gguf", seed=2, scale=0.3),
+        "wrong_shape": random_lora(folder / "wrong_shape.gguf", n_layers=2, n_in=64, n_q=64, n_kv=32),
+        "wrong_arch": random_lora(folder / "wrong_arch.gguf", arch="gemma3", n_layers=2),
+    }

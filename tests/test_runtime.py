@@ -1,0 +1,184 @@
+"""Real inference on the packaged SmolLM2-135M-Instruct (short outputs)."""
+
+import threading
+
+import pytest
+
+from fslm_edge import (AdapterError, ContextOverflowError, ContextWarning, InputError, ModelError, Stack,
+                       StackResult, StageEnd, StageStart, TextDelta)
+
+TWO_STAGES = """
+[[stage]]
+name = "recall"
+template = "Name one fact about {input}."
+max_tokens = 12
+
+[[stage]]
+name = "answer"
+template = "Fact: {recall}\\nIn three words, what is {input}?"
+max_tokens = 8
+"""
+
+
+@pytest.fixture(scope="module")
+def two_stage(tmp_path_factory):
+    from conftest import write_stack
+
+    path = write_stack(tmp_path_factory.mktemp("s"), TWO_STAGES)
+    with Stack.load(path) as stack:
+        yield stack
+
+
+def test_event_stream_order_and_stats(two_stage):
+    events = list(two_stage.stream("the moon"))
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[0] == "StageStart" and kinds[-1] == "StackResult"
+    starts = [e for e in events if isinstance(e, StageStart)]
+    ends = [e for e in events if isinstance(e, StageEnd)]
+    assert [e.stage for e in starts] == ["recall", "answer"] == [e.stage for e in ends]
+    for end in ends:
+        streamed = "".join(e.text for e in events if isinstance(e, TextDelta) and e.stage == end.stage)
+        assert streamed.strip() == end.text and end.text
+        assert end.stats.prompt_tokens > 5 and 0 < end.stats.generated_tokens <= 12
+        assert end.stats.time_to_first_token_s > 0 and end.stats.stop_reason in ("eos", "length")
+    recall_text = ends[0].text
+    assert recall_text in starts[1].prompt  # upstream text flows into the next prompt
+    assert "<|im_start|>user" in starts[0].prompt  # the model's own chat template wraps it
+    result = events[-1]
+    assert result.answer == ends[1].text and [s.name for s in result.stages] == ["recall", "answer"]
+
+
+def test_deterministic_at_temperature_zero_and_run_collects_stream(two_stage):
+    first = two_stage.run("the sun")
+    second = two_stage.run("the sun")
+    assert [s.text for s in first.stages] == [s.text for s in second.stages]
+    streamed = [e for e in two_stage.stream("the sun") if isinstance(e, StackResult)][0]
+    assert streamed.answer == first.answer
+
+
+def test_seeded_sampling_is_reproducible(make_stack):
+    path = make_stack('[[stage]]\nname = "s"\ntemplate = "Tell a story about {input}."\n'
+                      'max_tokens = 16\ntemperature = 1.2\nseed = 7\n')
+    with Stack.load(path) as stack:
+        assert stack.run("a cat").answer == stack.run("a cat").answer
+
+
+def test_stop_strings_and_length(make_stack):
+    path = make_stack('[[stage]]\nname = "s"\ntemplate = "Count from 1 to 20: 1, 2,"\nchat = false\n'
+                      'max_tokens = 40\nstop = [" 7,"]\n\n'
+                      '[[stage]]\nname = "t"\ntemplate = "Count from 1 to 20: 1, 2,"\nchat = false\nmax_tokens = 5\n')
+    with Stack.load(path) as stack:
+        result = stack.run("go")
+    s, t = result.stage("s"), result.stage("t")
+    assert s.stats.stop_reason == "stop" and "7" not in s.text and "6" in s.text
+    assert t.stats.stop_reason == "length" and t.stats.generated_tokens == 5
+
+
+def test_cancel_from_another_thread(make_stack):
+    path = make_stack('[[stage]]\nname = "s"\ntemplate = "Write a long essay about {input}."\nmax_tokens = 400\n'
+                      '\n[[stage]]\nname = "t"\ntemplate = "{s}"\nmax_tokens = 400\n')
+    with Stack.load(path) as stack:
+        events = []
+
+        def consume():
+            for event in stack.stream("the ocean"):
+                events.append(event)
+                if isinstance(event, TextDelta) and len(events) > 5:
+                    threading.Thread(target=stack.cancel).start()
+
+        worker = threading.Thread(target=consume)
+        worker.start()
+        worker.join(timeout=60)
+        assert not worker.is_alive()
+    result = events[-1]
+    assert isinstance(result, StackResult) and result.cancelled and result.answer == ""
+    assert [s.name for s in result.stages] == ["s"]
+    assert result.stages[0].stats.stop_reason == "cancelled" and result.stages[0].stats.generated_tokens < 400
+
+
+def test_context_overflow_drops_oldest_upstream_text_with_warning(make_stack):
+    path = make_stack(
+        '[[stage]]\nname = "a"\ntemplate = "Count to 100: 1, 2, 3,"\nchat = false\nmax_tokens = 90\n\n'
+        '[[stage]]\nname = "b"\ntemplate = "Count to 100: 1, 2, 3,"\nchat = false\nmax_tokens = 90\n\n'
+        '[[stage]]\nname = "c"\ntemplate = "{a}\\n{b}\\nQ: {input}"\nmax_tokens = 40\n',
+        context_size=200)
+    with Stack.load(path) as stack:
+        events = list(stack.stream("Which colours?"))
+    warnings = [e for e in events if isinstance(e, ContextWarning)]
+    assert warnings and warnings[0].stage == "c" and "'a'" in warnings[0].message
+    start_c = [e for e in events if isinstance(e, StageStart) and e.stage == "c"][0]
+    result = events[-1]
+    assert result.stage("a").stats.generated_tokens == 90
+    assert isinstance(result, StackResult) and "Q: Which colours?" in start_c.prompt
+    assert result.stage("c").stats.prompt_tokens + 40 <= 200
+
+
+def test_question_that_cannot_fit_is_an_error(make_stack):
+    path = make_stack('[[stage]]\nname = "s"\ntemplate = "{input}"\nmax_tokens = 16\n', context_size=64)
+    with Stack.load(path) as stack:
+        with pytest.raises(ContextOverflowError, match="context_size"):
+            stack.run("word " * 100)
+        with pytest.raises(InputError, match="empty"):
+            stack.run("   ")
+
+
+def test_adapter_stages_share_one_base_and_swap(make_stack, adapters):
+    body = f'''
+[[stage]]
+name = "plain"
+template = "Say something about {{input}}."
+max_tokens = 10
+
+[[stage]]
+name = "with_a"
+adapter = "{adapters['a']}"
+template = "Say something about {{input}}."
+max_tokens = 10
+
+[[stage]]
+name = "with_b"
+adapter = "{adapters['b']}"
+template = "Say something about {{input}}."
+max_tokens = 10
+
+[[stage]]
+name = "plain_again"
+template = "Say something about {{input}}."
+max_tokens = 10
+'''
+    with Stack.load(make_stack(body)) as stack:
+        assert len(stack.models) == 1  # one base, loaded once, shared by four stages
+        result = stack.run("rain")
+    texts = {s.name: s.text for s in result.stages}
+    assert texts["plain"] == texts["plain_again"]  # adapter cleared and cache reset
+    assert texts["with_a"] != texts["plain"] and texts["with_b"] != texts["with_a"]
+    only_a = body.split("[[stage]]")[2]
+    with Stack.load(make_stack("[[stage]]" + only_a)) as stack:
+        assert stack.run("rain").answer == texts["with_a"]  # same output whatever ran before
+
+
+@pytest.mark.parametrize("which,message", [("wrong_shape", "does not fit"), ("wrong_arch", "'gemma3' model")])
+def test_adapter_for_another_base_is_refused(make_stack, adapters, which, message):
+    path = make_stack(f'[[stage]]\nname = "s"\ntemplate = "{{input}}"\nadapter = "{adapters[which]}"\n')
+    with pytest.raises(AdapterError, match=message):
+        Stack.load(path)
+
+
+def test_bad_model_files(make_stack, tmp_path, smollm2_path):
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_text("hello")
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(smollm2_path.read_bytes()[: 4 << 20])
+    cases = {"missing.gguf": "not found", str(not_gguf): "not a GGUF", str(truncated): "truncated|corrupt"}
+    for ref, message in cases.items():
+        path = make_stack(f'[[stage]]\nname = "s"\ntemplate = "{{input}}"\nmodel = "{ref}"\n')
+        with pytest.raises(ModelError, match=message):
+            Stack.load(path)
+
+
+def test_stack_works_from_a_worker_thread_and_closes(two_stage):
+    results = []
+    worker = threading.Thread(target=lambda: results.append(two_stage.run("snow")))
+    worker.start()
+    worker.join(timeout=60)
+    assert results and results[0].answer
