@@ -1,0 +1,148 @@
+"""Model GGUFs written by the project: from a transformers model, a merged
+base + LoRA, and llama.cpp's own quantizer over an F16/F32 file.
+
+All writes go through :class:`convert.gguf_out.GGUFOut` (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from fslm_edge.errors import InputError, ModelError
+
+from .arch import gguf_arch_kv, hf_to_gguf_name, to_gguf_layout
+from .gguf_out import GGUFOut
+from .gguf_torch import dequantize, open_gguf, read_kv
+
+FLOAT_TYPES = ("f16", "f32")
+QUANT_TYPES = ("q8_0", "q4_k_m", "q4_0")
+_SKIP_KV = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version")
+
+
+def copy_kv(reader, out: GGUFOut, only_prefix: str | None = None) -> None:
+    """Copy metadata fields from a GGUF reader (all, or those under a prefix)."""
+    import gguf
+
+    for key, fld in reader.fields.items():
+        if key.startswith(_SKIP_KV) or (only_prefix and not key.startswith(only_prefix)):
+            continue
+        vtype = fld.types[0]
+        sub = fld.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        out.add_kv("add_key_value", key, fld.contents(), vtype, sub)
+
+
+def _float_type(ftype: str):
+    import gguf
+
+    if ftype not in FLOAT_TYPES:
+        raise InputError(f"float type must be one of {', '.join(FLOAT_TYPES)}, not '{ftype}'")
+    return gguf.LlamaFileType.MOSTLY_F16 if ftype == "f16" else gguf.LlamaFileType.ALL_F32
+
+
+def _cast(name: str, array: np.ndarray, ftype: str) -> np.ndarray:
+    if ftype == "f16" and array.ndim >= 2:
+        return array.astype(np.float16)
+    return array.astype(np.float32)
+
+
+def write_model(path: Path, arch: str, tensors: Iterable[tuple[str, np.ndarray]], ftype: str,
+                kv_reader=None, kv_prefix: str | None = None, extra_kv: Iterable[tuple] = ()) -> Path:
+    """A model GGUF from (GGUF name, array) pairs; metadata copied from
+    ``kv_reader`` (optionally only keys under ``kv_prefix``) plus ``extra_kv``
+    as (writer method, full key or None, value)."""
+    file_type = _float_type(ftype)
+    with GGUFOut(path, arch) as out:
+        if kv_reader is not None:
+            copy_kv(kv_reader, out, kv_prefix)
+        for method, key, value in extra_kv:
+            out.add_kv(method, *((key, value) if key else (value,)))
+        out.add_kv("add_file_type", file_type)
+        for name, array in tensors:
+            out.add_tensor(name, _cast(name, array, ftype))
+        return out.commit()
+
+
+def hf_tensors(arch: str, config, state: Mapping[str, object]) -> Iterator[tuple[str, np.ndarray]]:
+    """HF-named torch/numpy tensors -> GGUF-named arrays in GGUF layout."""
+    for name, value in state.items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        array = value.detach().float().numpy() if hasattr(value, "detach") else np.asarray(value, np.float32)
+        gname = hf_to_gguf_name(arch, name)
+        yield gname, to_gguf_layout(arch, gname, array, config.num_attention_heads, config.num_key_value_heads)
+
+
+def write_hf_model(path: Path, model, tokenizer_gguf: Path, ftype: str = "f32", name: str = "model") -> Path:
+    """Write a transformers model as a GGUF, taking the tokenizer (and chat
+    template) metadata from another GGUF with the same vocabulary."""
+    from .arch import ARCHS
+
+    arch = next((a for a, spec in ARCHS.items() if spec.hf_class == type(model).__name__), None)
+    if arch is None:
+        raise ModelError(f"cannot write a {type(model).__name__} as GGUF (supported: llama, gemma3)")
+    config = model.config
+    extra = [("add_name", None, name)] + [(m, f"{arch}.{k}", v) for m, k, v in gguf_arch_kv(arch, config)]
+    reader = open_gguf(tokenizer_gguf)
+    return write_model(Path(path), arch, hf_tensors(arch, config, model.state_dict()), ftype,
+                       kv_reader=reader, kv_prefix="tokenizer.", extra_kv=extra)
+
+
+def merged_tensors(reader, lora: Mapping[str, tuple[np.ndarray, np.ndarray]], scale_of) -> Iterator:
+    """Base tensors dequantized, with ``scale * B @ A`` added where the LoRA has them."""
+    for tensor in reader.tensors:
+        array = dequantize(tensor)
+        pair = lora.get(tensor.name)
+        if pair is not None:
+            a, b = pair
+            array = array + scale_of(a) * (b.astype(np.float32) @ a.astype(np.float32))
+        yield tensor.name, array
+
+
+def merge_to_gguf(base: Path, lora: Mapping[str, tuple[np.ndarray, np.ndarray]], alpha: float,
+                  out: Path, ftype: str = "f16", adapter_scale: float = 1.0) -> Path:
+    """Base GGUF + LoRA pairs (GGUF layout) -> an F16/F32 GGUF with the base's metadata."""
+    reader = open_gguf(base)
+    arch = str(read_kv(reader).get("general.architecture"))
+    names = {t.name for t in reader.tensors}
+    for name in lora:
+        if name not in names:
+            raise ModelError(f"the adapter changes {name}, which base {Path(base).name} does not have")
+    return write_model(Path(out), arch, merged_tensors(reader, lora, lambda a: adapter_scale * alpha / a.shape[0]),
+                       ftype, kv_reader=reader)
+
+
+def quantize_gguf(src: Path, dst: Path, qtype: str, n_threads: int = 0) -> Path:
+    """Quantize with llama.cpp's ``llama_model_quantize`` (temp file + rename)."""
+    import llama_cpp
+
+    ftypes = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+              "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0}
+    if qtype not in ftypes:
+        raise InputError(f"quantization must be one of {', '.join(ftypes)}, not '{qtype}'")
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftypes[qtype]
+        params.nthread = n_threads
+        from fslm_edge.engine import _quiet_stderr
+
+        with _quiet_stderr():
+            status = llama_cpp.llama_model_quantize(str(src).encode(), tmp.encode(), ctypes.byref(params))
+        if status != 0:
+            raise ModelError(f"llama.cpp could not quantize {src} to {qtype} (status {status})")
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dst

@@ -1,0 +1,151 @@
+"""GGUF base model -> transformers model, dequantized with numpy and cached.
+
+    model = load_torch_base(path)     # LlamaForCausalLM / Gemma3ForCausalLM, float32
+
+The first call dequantizes every tensor with ``gguf.quants.dequantize``,
+undoes llama.cpp's layout conventions (:mod:`convert.arch`) and saves the
+model as safetensors + config under ``cache_dir()/torch/<sha256 of the GGUF>``
+(written to a temporary folder, then renamed). Later calls load the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from fslm_edge.errors import ModelError
+from fslm_edge.models import cache_dir, check_gguf_file, file_sha256
+
+from .arch import arch_spec, from_gguf_layout, gguf_to_hf_name, hf_config_dict
+
+_BIG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
+               "tokenizer.ggml.merges")
+
+
+def open_gguf(path: str | os.PathLike):
+    import gguf
+
+    check_gguf_file(Path(path))
+    try:
+        return gguf.GGUFReader(str(path), "r")
+    except Exception as exc:  # noqa: BLE001 - gguf raises many kinds on corrupt files
+        raise ModelError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+
+
+def read_kv(reader) -> dict:
+    """Scalar and small-array metadata of a GGUF (tokenizer tables skipped)."""
+    values = {}
+    for key, fld in reader.fields.items():
+        if key in _BIG_ARRAYS or key.startswith("GGUF."):
+            continue
+        try:
+            values[key] = fld.contents()
+        except Exception:  # noqa: BLE001 - an odd field is treated as absent
+            continue
+    return values
+
+
+def vocab_size(reader) -> int:
+    fld = reader.fields.get("tokenizer.ggml.tokens")
+    if fld is None:
+        raise ModelError("the GGUF has no tokenizer (tokenizer.ggml.tokens); it cannot be a base model")
+    return len(fld.data)
+
+
+def dequantize(tensor) -> np.ndarray:
+    """One reader tensor as float32 in numpy order (rows = ggml ne[1])."""
+    import gguf
+
+    shape = tuple(int(x) for x in reversed(tensor.shape))
+    data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    return np.asarray(data, dtype=np.float32).reshape(shape)
+
+
+def iter_dequantized(reader) -> Iterator[tuple[str, np.ndarray]]:
+    for tensor in reader.tensors:
+        yield tensor.name, dequantize(tensor)
+
+
+def gguf_to_hf(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    """(transformers config dict, HF-named float32 state) of a GGUF model."""
+    reader = open_gguf(path)
+    kv = read_kv(reader)
+    arch = str(kv.get("general.architecture", "?"))
+    arch_spec(arch)
+    names = {t.name for t in reader.tensors}
+    config = hf_config_dict(arch, kv, vocab_size(reader), tied="output.weight" not in names)
+    n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
+    state = {}
+    for name, array in iter_dequantized(reader):
+        if name.startswith("rope_") or name.endswith("rope_freqs.weight"):
+            continue  # computed by transformers from the config
+        state[gguf_to_hf_name(arch, name)] = from_gguf_layout(arch, name, array, n_head, n_kv)
+    return config, state
+
+
+def build_model(config_dict: dict, state: dict, dtype=None):
+    """A transformers causal LM from a config dict and a state of arrays."""
+    import torch
+    import transformers
+    from transformers.initialization import no_init_weights
+
+    config_dict = dict(config_dict)
+    model_type = config_dict.pop("model_type")
+    config = transformers.AutoConfig.for_model(model_type, **config_dict)
+    cls = getattr(transformers, config.architectures[0])
+    with no_init_weights():
+        model = cls(config)
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+               for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise ModelError(f"weights do not fit {cls.__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model = model.to(dtype or torch.float32)
+    model.eval()
+    return model
+
+
+def torch_cache_folder(gguf_path: str | os.PathLike, sha256: str | None = None) -> Path:
+    return cache_dir() / "torch" / (sha256 or file_sha256(Path(gguf_path)))
+
+
+def load_torch_base(gguf_path: str | os.PathLike, dtype=None):
+    """The transformers model of a GGUF base, from the on-disk cache if present."""
+    import torch
+    from safetensors.torch import load_file
+
+    folder = torch_cache_folder(gguf_path)
+    if not (folder / "model.safetensors").is_file():
+        config, state = gguf_to_hf(gguf_path)
+        _save_cache(folder, config, state)
+    config = json.loads((folder / "config.json").read_text())
+    state = load_file(str(folder / "model.safetensors"))
+    return build_model(config, state, dtype or torch.float32)
+
+
+def _save_cache(folder: Path, config: dict, state: dict[str, np.ndarray]) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+        save_file(tensors, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "model.safetensors").is_file():  # not a concurrent writer that won
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
