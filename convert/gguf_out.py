@@ -113,3 +113,18 @@ def write_lora_gguf(path: str | os.PathLike, arch: str, alpha: float,
             out.add_tensor(f"{base_name}.lora_a", a.astype(dtype))
             out.add_tensor(f"{base_name}.lora_b", b.astype(dtype))
         return out.commit()
+
+
+def write_random_lora(path: str | os.PathLike, *, arch: str = "llama", n_layers: int = 30, n_in: int = 576,
+                      n_q: int = 576, n_kv: int = 192, rank: int = 4, alpha: float = 8.0, scale: float = 0.05,
+                      seed: int = 0) -> Path:
+    """A random LoRA over q/v projections (SmolLM2-135M shapes by default),
+    for tests and benchmarks of the runtime's adapter handling."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for layer in range(n_layers):
+        for name, n_out in (("attn_q", n_q), ("attn_v", n_kv)):
+            a = rng.normal(0, scale, (rank, n_in)).astype(np.float32)
+            b = rng.normal(0, scale, (n_out, rank)).astype(np.float32)
+            tensors[f"blk.{layer}.{name}.weight"] = (a, b)
+    return write_lora_gguf(path, arch, alpha, tensors, name=Path(path).stem)

@@ -17,8 +17,25 @@ from .stack import Stack
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdapterError", "ContextOverflowError", "ContextWarning", "DatasetError", "FslmError", "InputError",
-    "ModelError", "RuntimeFailure", "Sampling", "Stack", "StackConfig", "StackFileError", "StackResult",
-    "StageConfig", "StageEnd", "StageOutput", "StageStart", "StageStats", "TextDelta", "load_stack_config",
+    "AdapterError",
+    "ContextOverflowError",
+    "ContextWarning",
+    "DatasetError",
+    "FslmError",
+    "InputError",
+    "ModelError",
+    "RuntimeFailure",
+    "Sampling",
+    "Stack",
+    "StackConfig",
+    "StackFileError",
+    "StackResult",
+    "StageConfig",
+    "StageEnd",
+    "StageOutput",
+    "StageStart",
+    "StageStats",
+    "TextDelta",
     "__version__",
+    "load_stack_config",
 ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tomllib
 
 import click
+import tomllib
 
 from .errors import FslmError, InputError
 

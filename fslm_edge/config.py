@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tomllib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .errors import StackFileError
 from .recipe import TrainRecipe, parse_recipe
@@ -131,8 +133,10 @@ def parse_stack_text(source: str, path: str | os.PathLike, overrides: Mapping[st
     try:
         data = tomllib.loads(source)
     except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None)
-        raise StackFileError(path, f"invalid TOML: {exc}", line=line) from None
+        found = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        line = getattr(exc, "lineno", None) or (int(found.group(1)) if found else None)
+        message = re.sub(r"\s*\(at line \d+, column (\d+)\)", r" (column \1)", str(exc))
+        raise StackFileError(path, f"invalid TOML: {message}", line=line) from None
     ctx = _Context(path, source)
     _apply_overrides(data, overrides or {}, ctx)
     return _build_config(data, ctx)
@@ -178,24 +182,27 @@ def _suggest(name: str, valid) -> str:
 
 def _apply_overrides(data: dict, overrides: Mapping[str, Any], ctx: _Context) -> None:
     stages = data.get("stage") if isinstance(data.get("stage"), list) else []
-    names = [s.get("name") for s in stages if isinstance(s, dict)]
+    names = [s.get("name") if isinstance(s, dict) else None for s in stages]
     for dotted, value in overrides.items():
         target, _, key = str(dotted).partition(".")
         if not key:
-            raise ctx.error(f"override '{dotted}' must look like stage.key=value, *.key=value or stack.key=value")
+            raise StackFileError(
+                ctx.path, f"override '{dotted}' must look like stage.key=value, *.key=value or stack.key=value")
         if target == "stack":
             if not isinstance(data.get("stack"), dict):
                 data["stack"] = {}
             data["stack"][key] = value
         elif target == "*":
             if key not in _STAGE_KEYS:
-                raise ctx.error(f"override '{dotted}': unknown stage key '{key}'{_suggest(key, _STAGE_KEYS)}")
+                raise StackFileError(
+                    ctx.path, f"override '{dotted}': unknown stage key '{key}'{_suggest(key, _STAGE_KEYS)}")
             for stage in stages:
                 stage[key] = value
         elif target in names:
             stages[names.index(target)][key] = value
         else:
-            raise ctx.error(f"override '{dotted}': no stage named '{target}'{_suggest(target, names + ['stack', '*'])}")
+            valid = [n for n in names if isinstance(n, str)] + ["stack", "*"]
+            raise StackFileError(ctx.path, f"override '{dotted}': no stage named '{target}'{_suggest(target, valid)}")
 
 
 def _check_keys(table: dict, spec: Mapping, ctx: _Context, what: str, stage_index: int | None) -> None:

@@ -107,7 +107,8 @@ def read_gguf_info(path: str | os.PathLike) -> GGUFInfo:
 def check_adapter(adapter_path: Path, base: GGUFInfo) -> GGUFInfo:
     """Refuse a LoRA GGUF that was not made for ``base``; return its info."""
     if not Path(adapter_path).is_file():
-        raise AdapterError(f"adapter file not found: {adapter_path}; build it with: fslm-edge build STACK --data-dir DIR")
+        raise AdapterError(
+            f"adapter file not found: {adapter_path}; build it with: fslm-edge build STACK --data-dir DIR")
     try:
         info = read_gguf_info(adapter_path)
     except ModelError as exc:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from convert.gguf_out import write_random_lora as random_lora
 from fslm_edge.models import resolve_model
 
 SMOLLM2_DIMS = {"n_layers": 30, "n_embd": 576, "n_kv": 192}
@@ -32,21 +32,6 @@ def make_stack(tmp_path):
         return write_stack(tmp_path, body, **stack_keys)
 
     return make
-
-
-def random_lora(path: Path, *, arch: str = "llama", n_layers: int = 30, n_in: int = 576, n_q: int = 576,
-                n_kv: int = 192, rank: int = 4, alpha: float = 8.0, scale: float = 0.05, seed: int = 0) -> Path:
-    """A random LoRA GGUF over q/v projections (llama.cpp layout), written with gguf."""
-    from convert.gguf_out import write_lora_gguf
-
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for layer in range(n_layers):
-        for name, n_out in (("attn_q", n_q), ("attn_v", n_kv)):
-            a = rng.normal(0, scale, (rank, n_in)).astype(np.float32)
-            b = rng.normal(0, scale, (n_out, rank)).astype(np.float32)
-            tensors[f"blk.{layer}.{name}.weight"] = (a, b)
-    return write_lora_gguf(path, arch, alpha, tensors, name=path.stem)
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,18 @@ import threading
 
 import pytest
 
-from fslm_edge import (AdapterError, ContextOverflowError, ContextWarning, InputError, ModelError, Stack,
-                       StackResult, StageEnd, StageStart, TextDelta)
+from fslm_edge import (
+    AdapterError,
+    ContextOverflowError,
+    ContextWarning,
+    InputError,
+    ModelError,
+    Stack,
+    StackResult,
+    StageEnd,
+    StageStart,
+    TextDelta,
+)
 
 TWO_STAGES = """
 [[stage]]

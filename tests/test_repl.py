@@ -1,0 +1,83 @@
+"""The REPL driven through a real pseudo-terminal: Ctrl-C cancels, Ctrl-D exits."""
+
+import fcntl
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class Terminal:
+    def __init__(self, args, env):
+        self.master, slave = pty.openpty()
+
+        def own_terminal():
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env,
+                                     preexec_fn=own_terminal)
+        os.close(slave)
+        self.seen = b""
+
+    def expect(self, text: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            plain = ANSI.sub(b"", self.seen).decode("utf-8", "replace")
+            if text in plain:
+                self.seen = b""
+                return plain
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                try:
+                    self.seen += os.read(self.master, 65536)
+                except OSError:
+                    break
+        raise AssertionError(f"did not see {text!r}; screen: {ANSI.sub(b'', self.seen)[-800:]!r}")
+
+    def send(self, data: str) -> None:
+        os.write(self.master, data.encode())
+
+
+def test_repl_session(tmp_path):
+    env = {**os.environ, "FSLM_EDGE_HISTORY": str(tmp_path / "history"), "COLUMNS": "100", "TERM": "xterm"}
+    exe = str(Path(sys.executable).with_name("fslm-edge"))
+    term = Terminal([exe, "repl", "stacks/qa.toml"], env)
+    try:
+        term.expect(">>> ")
+        term.send("/help\n")
+        term.expect("/stages on|off")
+        term.send("/set max_tokens 300\n")
+        term.expect("*.max_tokens = 300")
+        term.send("Write a very long essay about the sea.\n")
+        term.expect("recall")
+        time.sleep(1.0)
+        term.send("\x03")  # Ctrl-C while generating
+        term.expect("cancelled")
+        term.expect(">>> ")
+        term.send("/set max_tokens 3\n")
+        term.expect("*.max_tokens = 3")
+        term.send('"""\nWhat is\nwater?\n"""\n')  # a multi-line block
+        term.expect("answer")
+        term.expect(">>> ")
+        term.send("/stats\n")
+        screen = term.expect("last turn")
+        term.send("/set temprature 1\n")
+        term.expect("unknown stage key 'temprature'")
+        term.send("/stages off\n")
+        term.expect("stages off")
+        term.send("\x04")  # Ctrl-D exits
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+    assert (tmp_path / "history").exists()
+    del screen
