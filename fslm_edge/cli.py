@@ -130,3 +130,6 @@ def info(stack_file: str, as_json: bool) -> None:
 
 
 # -- commands from other modules (each module registers its own commands) ---
+from convert.cli import register as _register_build  # noqa: E402 - build commands (torch imported lazily)
+
+_register_build(main)

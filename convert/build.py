@@ -1,0 +1,149 @@
+"""``fslm-edge build``: train every stage that has a recipe, export its
+adapter, optionally merge and quantize, with a manifest beside each artifact.
+
+The stack file is never modified: :func:`build_stack` yields one
+:class:`StageArtifacts` per stage and the CLI prints the lines to use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fslm_edge.config import StackConfig, StageConfig, load_stack_config
+from fslm_edge.errors import InputError
+from fslm_edge.models import file_sha256, resolve_model
+
+from .gguf_model import QUANT_TYPES, merge_to_gguf, quantize_gguf
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    data_dir: Path
+    out_dir: Path | None = None
+    stage: str | None = None
+    max_steps: int | None = None
+    quant: str = "none"
+    merge: bool = False
+    resume: bool = False
+    progress: bool = True
+    threads: int | None = None
+    on_step: Callable[[int, float], None] | None = None
+
+
+@dataclass(frozen=True)
+class StageArtifacts:
+    stage: str
+    folder: Path
+    adapter: Path
+    merged: Path | None
+    quantized: Path | None
+    train_loss: float | None
+    val_loss: float | None
+    steps: int
+
+
+def ensure_writable(folder: Path) -> Path:
+    """Create ``folder`` and prove a file can be written there (InputError if not)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"cannot write to the output folder {folder} ({exc.strerror}); choose another with --out")
+    return folder
+
+
+def stages_to_build(config: StackConfig, name: str | None) -> list[StageConfig]:
+    if name is not None:
+        try:
+            stage = config.stage(name)
+        except KeyError:
+            raise InputError(f"no stage named '{name}' in {config.path.name} "
+                             f"(stages: {', '.join(s.name for s in config.stages)})") from None
+        if stage.train is None:
+            raise InputError(f"stage '{name}' has no [stage.train] recipe; add one to build it")
+        return [stage]
+    stages = [s for s in config.stages if s.train is not None]
+    if not stages:
+        raise InputError(f"no stage of {config.path.name} has a [stage.train] recipe; nothing to build")
+    return stages
+
+
+def build_stack(stack_path: Path, options: BuildOptions) -> Iterator[StageArtifacts]:
+    if options.quant not in (*QUANT_TYPES, "none"):
+        raise InputError(f"--quant must be one of {', '.join(QUANT_TYPES)} or none, not '{options.quant}'")
+    if not Path(options.data_dir).is_dir():
+        raise InputError(f"--data-dir {options.data_dir} is not a folder")
+    config = load_stack_config(stack_path)
+    stages = stages_to_build(config, options.stage)
+    root = Path(options.out_dir) if options.out_dir else config.base_dir / "build" / config.name
+    ensure_writable(root)
+    for stage in stages:
+        yield build_stage(config, stage, options, ensure_writable(root / stage.name))
+
+
+def build_stage(config: StackConfig, stage: StageConfig, options: BuildOptions, folder: Path) -> StageArtifacts:
+    from .data import GGUFTokenizer, load_stage_data
+    from .export import export_lora, load_lora
+    from .gguf_torch import load_torch_base
+    from .train import Trainer
+
+    base = resolve_model(stage.model, config.base_dir)
+    with GGUFTokenizer(base) as tokenizer:
+        data = load_stage_data(stage, Path(options.data_dir), tokenizer)
+        pad_id = tokenizer.end_id
+    model = load_torch_base(base)
+    trainer = Trainer(model, data, stage.train, folder, pad_id, max_steps=options.max_steps,
+                      progress=options.progress, on_step=options.on_step, threads=options.threads)
+    result = trainer.run(resume=options.resume)
+    info = _manifest_info(config, stage, base, data, result, trainer)
+    adapter = export_lora(result.adapter_dir, base, folder / f"{stage.name}.lora.gguf", name=stage.name)
+    _manifest(adapter, info, "lora-adapter")
+    merged = quantized = None
+    if options.merge or options.quant != "none":
+        lora = load_lora(result.adapter_dir, base)
+        merged = merge_to_gguf(base, lora.tensors, lora.alpha, folder / f"{stage.name}.f16.gguf", "f16")
+        _manifest(merged, info, "merged-f16")
+        if options.quant != "none":
+            quantized = quantize_gguf(merged, folder / f"{stage.name}.{options.quant}.gguf", options.quant)
+            _manifest(quantized, {**info, "quantization": options.quant}, "merged-quantized")
+    return StageArtifacts(stage.name, folder, adapter, merged, quantized, result.train_loss, result.val_loss,
+                          result.steps)
+
+
+def _manifest(path: Path, info: dict, kind: str) -> None:
+    from .export import write_manifest
+
+    write_manifest(path, {"kind": kind, **info})
+
+
+def _manifest_info(config, stage, base: Path, data, result, trainer) -> dict:
+    return {
+        "stack": str(config.path), "stage": stage.name,
+        "base": {"path": str(base), "sha256": file_sha256(base)},
+        "data": data.file_hashes,
+        "recipe": dataclasses.asdict(stage.train),
+        "hyperparameters": {"steps": result.steps, "total_steps": trainer.total, "rows_per_batch": trainer.rows,
+                            "train_examples": len(data.train), "val_examples": len(data.val),
+                            "skipped_too_long": data.skipped_too_long, "tokens_seen": result.tokens},
+        "losses": {"train": result.train_loss, "val": result.val_loss},
+    }
+
+
+def stack_lines(stack_path: Path, artifacts: StageArtifacts) -> list[str]:
+    """The stack-file lines that use a built stage."""
+    base_dir = Path(stack_path).resolve().parent
+    use = artifacts.quantized or artifacts.merged
+    target = use if use is not None else artifacts.adapter
+    try:
+        shown = os.path.relpath(target, base_dir)
+    except ValueError:
+        shown = str(target)
+    key = "model" if use is not None else "adapter"
+    return [f"# stage '{artifacts.stage}'", f'{key} = "{shown}"']

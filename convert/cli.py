@@ -1,0 +1,115 @@
+"""Build commands of the ``fslm-edge`` CLI: build, export-lora, merge, quantize.
+
+Importing this module must stay cheap and torch-free (the runtime CLI imports
+it): torch, peft and transformers are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+_QUANTS = click.Choice(["q4_k_m", "q8_0", "q4_0", "none"])
+
+
+@click.command()
+@click.argument("stack_file", metavar="STACK")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Folder of the JSONL files.")
+@click.option("--stage", "stage_name", help="Build only this stage.")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps (overrides the recipe).")
+@click.option("--quant", type=_QUANTS, default="none", show_default=True,
+              help="Quantize the merged model (implies --merge).")
+@click.option("--merge", is_flag=True, help="Also write base+adapter merged as an F16 GGUF.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Output folder (default: build/<stack name>/ beside the stack file).")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch threads (default: one per core, at most 8).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def build(stack_file, data_dir, stage_name, max_steps, quant, merge, resume, out_dir, threads, no_progress):
+    """Train every stage of STACK that has a [stage.train] recipe and export it."""
+    from .build import BuildOptions, build_stack, stack_lines
+
+    options = BuildOptions(data_dir=Path(data_dir), out_dir=Path(out_dir) if out_dir else None,
+                           stage=stage_name, max_steps=max_steps, quant=quant, merge=merge, resume=resume,
+                           progress=not no_progress, threads=threads)
+    lines = []
+    for artifacts in build_stack(Path(stack_file), options):
+        click.echo(f"stage {artifacts.stage}: {artifacts.steps} steps, train loss {_fmt(artifacts.train_loss)}, "
+                   f"val loss {_fmt(artifacts.val_loss)}")
+        for path in (artifacts.adapter, artifacts.merged, artifacts.quantized):
+            if path is not None:
+                click.echo(f"  wrote {path}")
+        lines += stack_lines(Path(stack_file), artifacts)
+    click.echo("\nTo use the built stages, put these lines in the stages of " + stack_file + ":")
+    click.echo("\n".join(lines))
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _base(ref: str) -> Path:
+    from fslm_edge.models import resolve_model
+
+    return resolve_model(ref, Path.cwd())
+
+
+@click.command("export-lora")
+@click.argument("adapter_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--base", required=True, help="The base GGUF the adapter was trained on (path or built-in name).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="The LoRA GGUF to write.")
+def export_lora_cmd(adapter_dir, base, out_path):
+    """Export a PEFT LoRA adapter folder (from any trainer) as a llama.cpp LoRA GGUF."""
+    from .export import export_lora, write_manifest
+
+    base_path = _base(base)
+    path = export_lora(Path(adapter_dir), base_path, Path(out_path))
+    write_manifest(path, _base_info(base_path, adapter_dir, "lora-adapter"))
+    click.echo(f"wrote {path}")
+
+
+@click.command()
+@click.argument("adapter", type=click.Path(exists=True))
+@click.option("--base", required=True, help="The base GGUF (path or built-in name).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="The merged GGUF to write.")
+@click.option("--type", "ftype", type=click.Choice(["f16", "f32"]), default="f16", show_default=True)
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Adapter scale.")
+def merge(adapter, base, out_path, ftype, scale):
+    """Merge ADAPTER (a PEFT folder or a LoRA GGUF) into the base, written as F16/F32 GGUF."""
+    from .export import load_lora, write_manifest
+    from .gguf_model import merge_to_gguf
+
+    base_path = _base(base)
+    lora = load_lora(Path(adapter), base_path)
+    path = merge_to_gguf(base_path, lora.tensors, lora.alpha, Path(out_path), ftype, adapter_scale=scale)
+    write_manifest(path, _base_info(base_path, adapter, f"merged-{ftype}"))
+    click.echo(f"wrote {path}")
+
+
+@click.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--type", "qtype", type=click.Choice(["q4_k_m", "q8_0", "q4_0"]), default="q4_k_m", show_default=True)
+def quantize(source, out_path, qtype):
+    """Quantize an F16/F32 GGUF with llama.cpp's own quantizer."""
+    from fslm_edge.models import file_sha256
+
+    from .export import write_manifest
+    from .gguf_model import quantize_gguf
+
+    path = quantize_gguf(Path(source), Path(out_path), qtype)
+    write_manifest(path, {"kind": "quantized", "quantization": qtype,
+                          "source": {"path": str(source), "sha256": file_sha256(Path(source))}})
+    click.echo(f"wrote {path}")
+
+
+def _base_info(base: Path, adapter, kind: str) -> dict:
+    from fslm_edge.models import file_sha256
+
+    return {"kind": kind, "base": {"path": str(base), "sha256": file_sha256(base)}, "adapter": str(adapter)}
+
+
+def register(group: click.Group) -> None:
+    for command in (build, export_lora_cmd, merge, quantize):
+        group.add_command(command)

@@ -1,0 +1,200 @@
+"""Stage training data: JSONL rows -> prompt/target token ids.
+
+The prompt is made by :func:`fslm_edge.prompts.stage_prompt` (the runtime's
+own function) and tokenized by llama.cpp with the base GGUF's vocabulary, the
+same call the runtime makes, so train and serve see identical token ids. The
+target is followed by the token that ends a turn in the chat template.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fslm_edge.config import StageConfig
+from fslm_edge.errors import DatasetError, InputError
+from fslm_edge.models import file_sha256
+from fslm_edge.prompts import ChatTemplate, stage_prompt
+from fslm_edge.recipe import DataSource, TrainRecipe
+
+MAX_VAL_EXAMPLES = 256
+
+
+@dataclass(frozen=True)
+class Example:
+    ids: tuple[int, ...]  # prompt tokens then target tokens (+ end of turn)
+    n_prompt: int
+
+    @property
+    def n_target(self) -> int:
+        return len(self.ids) - self.n_prompt
+
+
+@dataclass(frozen=True)
+class StageData:
+    train: tuple[Example, ...]
+    val: tuple[Example, ...]
+    file_hashes: dict[str, str] = field(default_factory=dict)
+    skipped_too_long: int = 0
+
+
+class GGUFTokenizer:
+    """llama.cpp's tokenizer of a GGUF (vocabulary only) and its chat template."""
+
+    def __init__(self, gguf_path: Path):
+        import llama_cpp
+
+        from fslm_edge.engine import _quiet_stderr
+
+        with _quiet_stderr():
+            self.llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+        meta = self.llm.metadata.get("tokenizer.chat_template")
+        text = self.llm._model.token_get_text
+        self.eos_text = text(self.llm.token_eos()) if self.llm.token_eos() >= 0 else ""
+        self.chat = ChatTemplate(meta, text(self.llm.token_bos()), self.eos_text) if meta else None
+        self.end_id = self._end_of_turn(meta)
+
+    def _end_of_turn(self, template: str | None) -> int:
+        eos, eot = self.llm.token_eos(), self.llm._model.token_eot()
+        if template and eot >= 0 and eos >= 0 and self.eos_text not in template:
+            if self.llm._model.token_get_text(eot) in template:
+                return eot
+        return eos
+
+    def prompt_ids(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def close(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+            self.llm = None
+
+    def __enter__(self) -> GGUFTokenizer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of a JSONL or JSONL.gz file; DatasetError names file:line."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise DatasetError(f"{path}:{number}: each line must be a JSON object, not {type(row).__name__}")
+                yield number, row
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise DatasetError(f"{path}: cannot read ({exc})") from None
+
+
+def field_text(row: dict, key: str, where: str) -> str:
+    """A row field as text; lists (StrategyQA ``facts``) are joined by newlines."""
+    if key not in row:
+        raise DatasetError(f"{where}: no field '{key}' (the row has: {', '.join(sorted(row)) or 'nothing'})")
+    value = row[key]
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        value = "\n".join(str(v) for v in value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise DatasetError(f"{where}: field '{key}' must be text or a list of texts, not {type(value).__name__}")
+    if not value.strip():
+        raise DatasetError(f"{where}: field '{key}' is empty")
+    return value
+
+
+def check_fields(stage: StageConfig, recipe: TrainRecipe) -> None:
+    for index, source in enumerate(recipe.data):
+        missing = [f for f in stage.fields if f not in source.field_map]
+        if missing:
+            raise InputError(f"stage '{stage.name}': data[{index}] ({source.file}) maps no row field to template "
+                             f"field(s) {', '.join('{' + m + '}' for m in missing)}; add them to fields = {{...}}")
+
+
+def _split_source(path: Path, source: DataSource, recipe: TrainRecipe, seed: int):
+    rows = list(iter_rows(path))
+    if not rows:
+        raise DatasetError(f"{path}: the dataset is empty (no JSON rows)")
+    random.Random(seed).shuffle(rows)
+    if source.max_examples:
+        rows = rows[: source.max_examples]
+    n_val = round(len(rows) * recipe.val_fraction)
+    if recipe.val_fraction > 0 and len(rows) >= 2:
+        n_val = max(1, n_val)
+    return rows[n_val:], rows[:n_val]
+
+
+def _mix(train_parts: list[list], recipe: TrainRecipe, seed: int) -> list:
+    """Weighted mixture; a source asked for more rows than it has is repeated."""
+    total = recipe.max_examples or sum(len(p) for p in train_parts)
+    weights = [s.weight for s in recipe.data]
+    mixed = []
+    for part, weight in zip(train_parts, weights):
+        quota = max(1, round(total * weight / sum(weights))) if part else 0
+        mixed.extend(part[i % len(part)] for i in range(quota))
+    random.Random(seed).shuffle(mixed)
+    if recipe.few_shot:
+        mixed = mixed[: recipe.few_shot]
+    return mixed
+
+
+def load_stage_data(stage: StageConfig, data_dir: Path, tokenizer: GGUFTokenizer) -> StageData:
+    """Read, split, mix, render and tokenize a stage's training data."""
+    recipe = stage.train
+    if recipe is None:
+        raise InputError(f"stage '{stage.name}' has no [stage.train] recipe; add one to build it")
+    check_fields(stage, recipe)
+    train_parts, val_rows, hashes = [], [], {}
+    for index, source in enumerate(recipe.data):
+        path = Path(data_dir) / source.file
+        if not path.is_file():
+            raise DatasetError(f"stage '{stage.name}': data file not found: {path}")
+        hashes[source.file] = file_sha256(path)
+        train, val = _split_source(path, source, recipe, recipe.seed + index)
+        train_parts.append([(path, source, n, row) for n, row in train])
+        val_rows.extend((path, source, n, row) for n, row in val)
+    mixed = _mix(train_parts, recipe, recipe.seed)
+    train, skipped = _encode_all(stage, mixed, tokenizer, recipe.max_seq_len)
+    val, _ = _encode_all(stage, val_rows[:MAX_VAL_EXAMPLES], tokenizer, recipe.max_seq_len)
+    if not train:
+        raise DatasetError(f"stage '{stage.name}': no training example fits max_seq_len = {recipe.max_seq_len} "
+                           f"({skipped} too long)")
+    return StageData(tuple(train), tuple(val), hashes, skipped)
+
+
+def _encode_all(stage, items, tokenizer, max_len) -> tuple[list[Example], int]:
+    out, skipped, cache = [], 0, {}
+    for path, source, number, row in items:
+        key = (str(path), number)
+        if key not in cache:
+            cache[key] = encode_row(stage, source, row, tokenizer, f"{path}:{number}")
+        example = cache[key]
+        if len(example.ids) > max_len:
+            skipped += 1
+            continue
+        out.append(example)
+    return out, skipped
+
+
+def encode_row(stage: StageConfig, source: DataSource, row: dict, tokenizer: GGUFTokenizer, where: str) -> Example:
+    values = {name: field_text(row, key, where) for name, key in source.field_map.items()}
+    target = field_text(row, source.target, where)
+    prompt = stage_prompt(stage, values, tokenizer.chat)
+    prompt_ids = tokenizer.prompt_ids(prompt)
+    target_ids = tokenizer.text_ids(target) + [tokenizer.end_id]
+    return Example(tuple(prompt_ids + target_ids), len(prompt_ids))
