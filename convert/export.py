@@ -110,13 +110,11 @@ def export_lora(adapter_dir: Path, base_gguf: Path, out: Path, name: str | None 
 
 def read_gguf_lora(path: Path) -> GGUFLora:
     """A LoRA GGUF back into (A, B) pairs (for merging adapters trained elsewhere)."""
-    from .gguf_torch import dequantize
-
     reader = open_gguf(path)
     kv = read_kv(reader)
     if kv.get("general.type") != "adapter":
         raise AdapterError(f"{path} is not a LoRA adapter GGUF")
-    arrays = {t.name: dequantize(t) for t in reader.tensors}
+    arrays = {t.name: reader.dequantize(t) for t in reader.tensors}
     tensors = {n[: -len(".lora_a")]: (arrays[n], arrays[n[: -len(".lora_a")] + ".lora_b"])
                for n in arrays if n.endswith(".lora_a")}
     return GGUFLora(str(kv.get("general.architecture")), float(kv.get("adapter.lora.alpha", 0) or 0), tensors)

@@ -18,7 +18,7 @@ from fslm_edge.errors import InputError, ModelError
 
 from .arch import gguf_arch_kv, hf_to_gguf_name, to_gguf_layout
 from .gguf_out import GGUFOut
-from .gguf_torch import dequantize, open_gguf, read_kv
+from .gguf_torch import open_gguf, read_kv
 
 FLOAT_TYPES = ("f16", "f32")
 QUANT_TYPES = ("q8_0", "q4_k_m", "q4_0")
@@ -32,9 +32,9 @@ def copy_kv(reader, out: GGUFOut, only_prefix: str | None = None) -> None:
     for key, fld in reader.fields.items():
         if key.startswith(_SKIP_KV) or (only_prefix and not key.startswith(only_prefix)):
             continue
-        vtype = fld.types[0]
-        sub = fld.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        out.add_kv("add_key_value", key, fld.contents(), vtype, sub)
+        value = fld.value.tolist() if isinstance(fld.value, np.ndarray) else fld.value
+        sub = gguf.GGUFValueType(fld.sub_type) if fld.sub_type is not None else None
+        out.add_kv("add_key_value", key, value, gguf.GGUFValueType(fld.vtype), sub)
 
 
 def _float_type(ftype: str):
@@ -96,7 +96,7 @@ def write_hf_model(path: Path, model, tokenizer_gguf: Path, ftype: str = "f32", 
 def merged_tensors(reader, lora: Mapping[str, tuple[np.ndarray, np.ndarray]], scale_of) -> Iterator:
     """Base tensors dequantized, with ``scale * B @ A`` added where the LoRA has them."""
     for tensor in reader.tensors:
-        array = dequantize(tensor)
+        array = reader.dequantize(tensor)
         pair = lora.get(tensor.name)
         if pair is not None:
             a, b = pair

@@ -24,52 +24,29 @@ from fslm_edge.models import cache_dir, check_gguf_file, file_sha256
 
 from .arch import arch_spec, from_gguf_layout, gguf_to_hf_name, hf_config_dict
 
-_BIG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
-               "tokenizer.ggml.merges")
-
-
 def open_gguf(path: str | os.PathLike):
-    import gguf
+    """A parsed GGUF (:class:`convert.ggufread.GGUFFile`); ModelError if unusable."""
+    from .ggufread import GGUFFile
 
     check_gguf_file(Path(path))
-    try:
-        return gguf.GGUFReader(str(path), "r")
-    except Exception as exc:  # noqa: BLE001 - gguf raises many kinds on corrupt files
-        raise ModelError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+    return GGUFFile(path)
 
 
 def read_kv(reader) -> dict:
-    """Scalar and small-array metadata of a GGUF (tokenizer tables skipped)."""
-    values = {}
-    for key, fld in reader.fields.items():
-        if key in _BIG_ARRAYS or key.startswith("GGUF."):
-            continue
-        try:
-            values[key] = fld.contents()
-        except Exception:  # noqa: BLE001 - an odd field is treated as absent
-            continue
-    return values
+    """Metadata of a GGUF as key -> value."""
+    return {key: fld.value for key, fld in reader.fields.items()}
 
 
 def vocab_size(reader) -> int:
-    fld = reader.fields.get("tokenizer.ggml.tokens")
-    if fld is None:
-        raise ModelError("the GGUF has no tokenizer (tokenizer.ggml.tokens); it cannot be a base model")
-    return len(fld.data)
-
-
-def dequantize(tensor) -> np.ndarray:
-    """One reader tensor as float32 in numpy order (rows = ggml ne[1])."""
-    import gguf
-
-    shape = tuple(int(x) for x in reversed(tensor.shape))
-    data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-    return np.asarray(data, dtype=np.float32).reshape(shape)
+    tokens = reader.get("tokenizer.ggml.tokens")
+    if tokens is None:
+        raise ModelError(f"{reader.path} has no tokenizer (tokenizer.ggml.tokens); it cannot be a base model")
+    return len(tokens)
 
 
 def iter_dequantized(reader) -> Iterator[tuple[str, np.ndarray]]:
     for tensor in reader.tensors:
-        yield tensor.name, dequantize(tensor)
+        yield tensor.name, reader.dequantize(tensor)
 
 
 def gguf_to_hf(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
