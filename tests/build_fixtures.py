@@ -88,7 +88,11 @@ def write_stack(folder: Path, model: Path, data: str, extra: str = "", name: str
         eval_every = 2
         save_every = 2
         val_fraction = 0.1
-        """) + textwrap.dedent(extra)
+        """)
+    extra = textwrap.dedent(extra)
+    overridden = {line.split("=")[0].strip() for line in extra.splitlines() if "=" in line}
+    body = "\n".join(line for line in body.splitlines() if line.split("=")[0].strip() not in overridden)
+    body += "\n" + extra
     path = folder / name
     path.write_text(body)
     return path

@@ -22,7 +22,9 @@ DATA = '{ file = "qa.jsonl", target = "answer", fields = { input = "question" } 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tiny")
+    folder = tmp_path_factory.getbasetemp() / "tiny"  # shared with the other build test modules
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture(autouse=True)
