@@ -78,7 +78,7 @@ def build_model(config_dict: dict, state: dict, dtype=None):
     cls = getattr(transformers, config.architectures[0])
     with no_init_weights():
         model = cls(config)
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+    tensors = {k: torch.from_numpy(np.require(v, None, ["C", "W"])) if isinstance(v, np.ndarray) else v
                for k, v in state.items()}
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
@@ -116,7 +116,7 @@ def _save_cache(folder: Path, config: dict, state: dict[str, np.ndarray]) -> Non
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+        tensors = {k: torch.from_numpy(np.require(v, np.float32, ["C", "W"])) for k, v in state.items()}
         save_file(tensors, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
         try:
