@@ -11,7 +11,7 @@ import tomllib
 
 from .errors import FslmError, InputError
 
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 2  # the issue's contract: bad input and interrupts exit 2
 
 
 class _Cli(click.Group):
@@ -29,7 +29,7 @@ class _Cli(click.Group):
         except KeyboardInterrupt:
             if debug:
                 raise
-            click.echo("interrupted", err=True)
+            click.echo("error: interrupted (Ctrl-C); nothing was written", err=True)
             ctx.exit(EXIT_INTERRUPTED)
         except (OSError, MemoryError) as exc:
             if debug:
@@ -133,3 +133,6 @@ def info(stack_file: str, as_json: bool) -> None:
 from convert.cli import register as _register_build  # noqa: E402 - build commands (torch imported lazily)
 
 _register_build(main)
+from .evaluation.cli import eval_command as _eval  # noqa: E402  (issue 4)
+
+main.add_command(_eval)

