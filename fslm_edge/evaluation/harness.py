@@ -1,0 +1,228 @@
+"""Evaluation targets (a single model or a stack) and the per-example loop.
+
+``evaluate`` is a generator: one JSON-ready record per example, taken from
+the per-example cache when present (so an interrupted run resumes), else
+computed and appended to the cache at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Sampling
+from ..engine import LoadedModel
+from ..models import cache_dir, resolve_model
+from .data import BadRow, Example
+from .extract import extract_answer, is_correct
+from .scoring import ChoiceScorer, split_continuation
+from .tasks import Task
+
+CACHE_VERSION = 1
+GEN_MAX_TOKENS = 256
+GEN_STOPS = ("Question:", "\n\n\n")
+
+
+def _stat(path: Path) -> str:
+    info = Path(path).stat()
+    return f"{Path(path).resolve()}:{info.st_size}:{info.st_mtime_ns}"
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)
+
+
+def _score_requests(model: LoadedModel, scorer: ChoiceScorer, requests: list[tuple[str, str]]):
+    """Scores for (context, continuation) pairs; choices sharing a context are
+    scored together so the context is evaluated once."""
+    scores = []
+    start = 0
+    while start < len(requests):
+        end = start + 1
+        while end < len(requests) and requests[end][0] == requests[start][0]:
+            end += 1
+        pairs = [split_continuation(model, context, cont) for context, cont in requests[start:end]]
+        scores.extend(scorer.score(pairs[0][0], [cont for _, cont in pairs]))
+        start = end
+    return scores
+
+
+def mc_record(example: Example, continuations: list[str], scores) -> dict:
+    logprobs = [s.logprob for s in scores]
+    lengths = [len(c.encode("utf-8")) for c in continuations]
+    nospace = [max(len(c.lstrip().encode("utf-8")), 1) for c in continuations]
+    pred = _argmax(logprobs)
+    pred_norm = _argmax([lp / max(n, 1) for lp, n in zip(logprobs, lengths)])
+    pred_nospace = _argmax([lp / n for lp, n in zip(logprobs, nospace)])
+    return {
+        "id": example.id, "question": example.question, "choices": list(example.choices), "gold": example.answer,
+        "pred": pred, "pred_norm": pred_norm, "correct": pred == example.answer,
+        "correct_norm": pred_norm == example.answer, "correct_norm_nospace": pred_nospace == example.answer,
+        "logprobs": logprobs, "choice_bytes": lengths, "greedy": [s.greedy for s in scores],
+    }
+
+
+def gen_record(example: Example, text: str) -> dict:
+    extracted = extract_answer(text, str(example.answer))
+    return {"id": example.id, "question": example.question, "gold": example.answer, "output": text,
+            "extracted": extracted, "correct": is_correct(extracted, str(example.answer))}
+
+
+class ModelTarget:
+    """One GGUF model, the task's own prompt format, no stages."""
+
+    kind = "model"
+
+    def __init__(self, ref: str, n_threads: int, n_ctx: int = 2048):
+        path = resolve_model(ref)
+        self.name = ref
+        self.fingerprint = f"model:{_stat(path)}"
+        self.model = LoadedModel(path, n_ctx, n_threads, 512)
+        self.scorer = ChoiceScorer(self.model)
+
+    def run_mc(self, task: Task, example: Example, lettered: bool) -> dict:
+        requests = task.requests(example, lettered)
+        record = mc_record(example, [c for _, c in requests], _score_requests(self.model, self.scorer, requests))
+        return {**record, "generated_tokens": 0, "stages": []}
+
+    def run_gen(self, task: Task, example: Example) -> dict:
+        import codecs
+
+        from ..stopping import StopMatcher
+
+        prompt = task.gen_prompt(example)
+        if self.model.chat_template is not None:
+            prompt = self.model.chat_template.render([{"role": "user", "content": prompt}])
+            bos = self.model.chat_template.bos_token
+            prompt = prompt[len(bos):] if bos and prompt.startswith(bos) else prompt
+        tokens = self.model.tokenize(prompt)
+        stopper = StopMatcher(GEN_STOPS)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        produced, pieces = [], []
+        for token in self.model.generate(tokens, Sampling(max_tokens=GEN_MAX_TOKENS, temperature=0.0)):
+            produced.append(token)
+            pieces.append(stopper.feed(decoder.decode(self.model.llm.detokenize([token]))))
+            if stopper.stopped:
+                break
+        pieces.append(stopper.feed(decoder.decode(b"", final=True)) + stopper.flush())
+        record = gen_record(example, "".join(pieces).strip())
+        return {**record, "generated_tokens": len(produced), "stages": []}
+
+    def close(self) -> None:
+        self.model.close()
+
+
+class StackTarget:
+    """A stack file: upstream stages run at temperature 0, then the final
+    stage's prompt is the context the choices are scored against."""
+
+    kind = "stack"
+
+    def __init__(self, path: str):
+        from ..stack import Stack
+
+        self.name = path
+        self.stack = Stack.load(path, {"*.temperature": 0.0})
+        parts = [Path(path).read_text(encoding="utf-8")] + [_stat(m.path) for m in self.stack.models]
+        parts += [_stat(s.adapter) for s in self.stack.config.stages if s.adapter is not None]
+        self.fingerprint = "stack:" + "|".join(parts)
+        self._scorers: dict[int, ChoiceScorer] = {}
+
+    @staticmethod
+    def _stages(outputs) -> list[dict]:
+        return [{"name": o.name, "text": o.text, "generated_tokens": o.stats.generated_tokens} for o in outputs]
+
+    def run_mc(self, task: Task, example: Example, lettered: bool) -> dict:
+        context = self.stack.score_context(task.stack_input(example))
+        scorer = self._scorers.setdefault(id(context.model), ChoiceScorer(context.model))
+        continuations = task.stack_continuations(example, lettered)
+        requests = [(context.prompt, c) for c in continuations]
+        record = mc_record(example, continuations, _score_requests(context.model, scorer, requests))
+        stages = self._stages(context.upstream)
+        return {**record, "generated_tokens": sum(s["generated_tokens"] for s in stages), "stages": stages}
+
+    def run_gen(self, task: Task, example: Example) -> dict:
+        result = self.stack.run(task.stack_input(example))
+        stages = self._stages(result.stages)
+        record = gen_record(example, result.answer)
+        return {**record, "generated_tokens": sum(s["generated_tokens"] for s in stages), "stages": stages}
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def open_target(ref: str, n_threads: int):
+    """A ``.toml`` file is a stack; anything else a model reference."""
+    if ref.endswith(".toml"):
+        return StackTarget(ref)
+    return ModelTarget(ref, n_threads)
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    task: Task
+    path: Path
+    split: str
+    examples: tuple[Example, ...]
+    bad: tuple[BadRow, ...] = field(default=())
+
+
+def example_key(example: Example) -> str:
+    blob = json.dumps([example.id, example.question, list(example.choices), example.answer, example.context])
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()
+
+
+class ExampleCache:
+    """Append-only JSONL of finished examples for one (target, task, settings)."""
+
+    def __init__(self, folder: Path, target_fingerprint: str, task: Task, lettered: bool):
+        settings = json.dumps([CACHE_VERSION, target_fingerprint, task.name, task.kind, lettered])
+        self.path = Path(folder) / f"{hashlib.sha1(settings.encode()).hexdigest()[:20]}.jsonl"
+        self.records: dict[str, dict] = {}
+        if self.path.is_file():
+            with open(self.path, encoding="utf-8") as handle:
+                for line in handle:
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line cut short by an interruption
+                    self.records[entry["key"]] = entry["record"]
+
+    def get(self, key: str) -> dict | None:
+        return self.records.get(key)
+
+    def put(self, key: str, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"key": key, "record": record}, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.records[key] = record
+
+
+def default_cache_dir() -> Path:
+    return cache_dir() / "eval"
+
+
+def evaluate(target, run: TaskRun, lettered: bool = False, cache: ExampleCache | None = None) -> Iterator[dict]:
+    """One record per example of ``run`` on ``target`` (cached ones marked)."""
+    for example in run.examples:
+        key = example_key(example)
+        cached = cache.get(key) if cache is not None else None
+        if cached is not None:
+            yield {**cached, "cached": True}
+            continue
+        started = time.perf_counter()
+        if run.task.kind == "mc":
+            record = target.run_mc(run.task, example, lettered)
+        else:
+            record = target.run_gen(run.task, example)
+        record["seconds"] = time.perf_counter() - started
+        if cache is not None:
+            cache.put(key, record)
+        yield {**record, "cached": False}
