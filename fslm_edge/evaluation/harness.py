@@ -78,10 +78,11 @@ class ModelTarget:
 
     kind = "model"
 
-    def __init__(self, ref: str, n_threads: int, n_ctx: int = 2048):
+    def __init__(self, ref: str, n_threads: int, n_ctx: int = 2048, max_new_tokens: int = GEN_MAX_TOKENS):
         path = resolve_model(ref)
+        self.max_new_tokens = max_new_tokens
         self.name = ref
-        self.fingerprint = f"model:{_stat(path)}"
+        self.fingerprint = f"model:{_stat(path)}:gen{max_new_tokens}"
         self.model = LoadedModel(path, n_ctx, n_threads, 512)
         self.scorer = ChoiceScorer(self.model)
 
@@ -104,7 +105,7 @@ class ModelTarget:
         stopper = StopMatcher(GEN_STOPS)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         produced, pieces = [], []
-        for token in self.model.generate(tokens, Sampling(max_tokens=GEN_MAX_TOKENS, temperature=0.0)):
+        for token in self.model.generate(tokens, Sampling(max_tokens=self.max_new_tokens, temperature=0.0)):
             produced.append(token)
             pieces.append(stopper.feed(decoder.decode(self.model.llm.detokenize([token]))))
             if stopper.stopped:
@@ -156,11 +157,11 @@ class StackTarget:
         self.stack.close()
 
 
-def open_target(ref: str, n_threads: int):
+def open_target(ref: str, n_threads: int, max_new_tokens: int = GEN_MAX_TOKENS):
     """A ``.toml`` file is a stack; anything else a model reference."""
     if ref.endswith(".toml"):
         return StackTarget(ref)
-    return ModelTarget(ref, n_threads)
+    return ModelTarget(ref, n_threads, max_new_tokens=max_new_tokens)
 
 
 @dataclass(frozen=True)

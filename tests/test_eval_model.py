@@ -1,0 +1,142 @@
+"""Evaluation on the packaged SmolLM2 model: real scoring, KV reuse, stacks, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from eval_fixtures import GEN_ROWS, MC_ROWS, smol_model, write_jsonl  # noqa: F401 (fixture)
+from fslm_edge.cli import main
+from fslm_edge.config import Sampling
+from fslm_edge.evaluation.data import read_examples
+from fslm_edge.evaluation.scoring import ChoiceScorer, split_continuation
+from fslm_edge.evaluation.tasks import TASKS
+
+STACK = """
+[stack]
+name = "tiny"
+context_size = 1024
+
+[[stage]]
+name = "hint"
+template = "Name one fact about: {input}"
+max_tokens = 6
+
+[[stage]]
+name = "answer"
+template = "{input}\\nHint: {hint}\\nAnswer with the correct option."
+max_tokens = 8
+"""
+
+
+def _requests(model, rows, lettered=False):
+    examples = [read_examples_row(r) for r in rows]
+    out = []
+    for ex in examples:
+        pairs = [split_continuation(model, c, k) for c, k in TASKS["arc_easy"].requests(ex, lettered)]
+        out.append((ex, pairs[0][0], [p[1] for p in pairs]))
+    return out
+
+
+def read_examples_row(row):
+    from fslm_edge.evaluation.data import parse_mc
+
+    return parse_mc(row, 1, "t")
+
+
+def test_kv_reuse_matches_naive_full_evaluation(smol_model):
+    scorer = ChoiceScorer(smol_model)
+    for _, context, conts in _requests(smol_model, MC_ROWS[:3]) + _requests(smol_model, MC_ROWS[:1], lettered=True):
+        fast = scorer.score(context, conts)
+        again = scorer.score(context, conts)  # whole context cached: only its last token is re-decoded
+        naive = scorer.score_naive(context, conts)
+        for a, b, c in zip(fast, again, naive):
+            assert a.logprob == pytest.approx(c.logprob, abs=2e-3)
+            assert b.logprob == pytest.approx(c.logprob, abs=2e-3)
+            assert a.n_tokens == c.n_tokens and a.greedy == c.greedy
+
+
+def test_boundary_tokenization_takes_the_continuation_part(smol_model):
+    context, cont = split_continuation(smol_model, "Question: Hi?\nAnswer: ", "blue")
+    assert smol_model.detokenize(cont) == " blue"  # the trailing space moved to the continuation
+    assert smol_model.tokenize("Question: Hi?\nAnswer: blue") == context + cont
+
+
+def test_real_scoring_prefers_the_right_answers(smol_model):
+    scorer = ChoiceScorer(smol_model)
+    right = 0
+    for ex, context, conts in _requests(smol_model, MC_ROWS):
+        scores = [s.logprob for s in scorer.score(context, conts)]
+        assert all(s < 0 for s in scores)
+        right += max(range(len(scores)), key=scores.__getitem__) == ex.answer
+    assert right >= 3
+
+
+def test_generation_after_scoring_is_unchanged(smol_model):
+    tokens = smol_model.tokenize("The capital of France is")
+    sampling = Sampling(max_tokens=6, temperature=0.0)
+    smol_model.llm.reset()
+    before = list(smol_model.generate(tokens, sampling))
+    ChoiceScorer(smol_model).score(tokens[:-1], [[tokens[-1], 1234], [99]])
+    assert list(smol_model.generate(tokens, sampling)) == before
+
+
+def _run(args):
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    return result
+
+
+def test_cli_model_json_png_table_and_resume(tmp_path):
+    data = tmp_path / "data"
+    write_jsonl(data / "arc_easy_test.jsonl", MC_ROWS)
+    write_jsonl(data / "gsm8k_dev.jsonl", GEN_ROWS)
+    out, cache = tmp_path / "r.json", tmp_path / "cache"
+    common = ["eval", "builtin:smollm2-135m-instruct", "--data-dir", str(data), "--out", str(out),
+              "--cache-dir", str(cache), "--max-new-tokens", "12", "--threads", "2"]
+    first = _run(common + ["--task", "arc_easy", "--limit", "2"])
+    assert first.exit_code == 0, first.output
+    assert "arc_easy (acc_norm)" in first.output and "seconds / q" in first.output
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    second = _run(common + ["--task", "arc_easy", "--task", "gsm8k"])
+    assert second.exit_code == 0, second.output
+    payload = json.loads(out.read_text())
+    by_task = {r["task"]: r["examples"] for r in payload["results"]}
+    assert [e["cached"] for e in by_task["arc_easy"]] == [True, True, False, False]  # resumed
+    assert {e["id"] for e in by_task["arc_easy"]} == {"t1", "t2", "t3", "t4"}
+    assert len(by_task["arc_easy"][0]["logprobs"]) == 4
+    gen = by_task["gsm8k"][0]
+    assert gen["generated_tokens"] > 0 and isinstance(gen["output"], str) and gen["gold"] == "5"
+    assert payload["tasks"][1]["split"] == "dev"  # fell back from test
+    summary = {s["task"]: s for s in payload["summary"]}
+    assert summary["arc_easy"]["n"] == 4 and 0 <= summary["arc_easy"]["ci95"][0] <= summary["arc_easy"]["value"]
+
+
+def test_cli_stack_records_every_stage(tmp_path):
+    stack = tmp_path / "tiny.toml"
+    stack.write_text(STACK)
+    data = write_jsonl(tmp_path / "mine.jsonl", MC_ROWS[:2])
+    out = tmp_path / "s.json"
+    result = _run(["eval", str(stack), "--data", str(data), "--format", "mc", "--out", str(out), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    examples = payload["results"][0]["examples"]
+    assert [s["name"] for s in examples[0]["stages"]] == ["hint"]
+    assert examples[0]["stages"][0]["text"] and examples[0]["generated_tokens"] > 0
+    assert payload["summary"][0]["tokens_per_question"] > 0
+
+
+def test_cli_errors(tmp_path):
+    data = tmp_path / "data"
+    write_jsonl(data / "arc_easy_test.jsonl", [MC_ROWS[0], {"question": "Q?", "choices": ["a"], "answer": 0}])
+    base = ["eval", "builtin:smollm2-135m-instruct", "--data-dir", str(data), "--out", str(tmp_path / "x.json"),
+            "--no-cache"]
+    unknown = CliRunner().invoke(main, base + ["--task", "arc_medium"])
+    assert unknown.exit_code == 2 and "known tasks: arc_easy, arc_challenge" in unknown.output
+    bad = CliRunner().invoke(main, base + ["--task", "arc_easy"])
+    assert bad.exit_code == 2 and "arc_easy_test.jsonl:2:" in bad.output and "--skip-bad" in bad.output
+    skipped = CliRunner().invoke(main, base + ["--task", "arc_easy", "--skip-bad"])
+    assert skipped.exit_code == 0 and "skipped bad row" in skipped.output
+    assert json.loads((tmp_path / "x.json").read_text())["tasks"][0]["skipped_bad_rows"][0].endswith(
+        "field 'choices' must be a list of at least two non-empty strings")
