@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from .errors import AdapterError, ModelError
 from .models import check_gguf_file
 
@@ -37,58 +39,38 @@ class GGUFInfo:
     tensors: dict[str, TensorInfo] = field(repr=False, default_factory=dict)
 
 
-def _field_value(reader, key: str):
-    fld = reader.fields.get(key)
-    if fld is None:
-        return None
-    try:
-        return fld.contents()
-    except Exception:  # noqa: BLE001 - an odd field is treated as absent
-        return None
-
-
 @lru_cache(maxsize=32)
 def _read_cached(path: str, mtime_ns: int, size: int) -> GGUFInfo:
     import gguf
 
+    from .ggufread import GGUFFile
+
     file = Path(path)
     check_gguf_file(file)
-    try:
-        reader = gguf.GGUFReader(path, "r")
-    except Exception as exc:  # noqa: BLE001 - gguf raises many kinds on corrupt files
-        raise ModelError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc}); "
-                         "it may be truncated or corrupt: download or export it again") from None
-    tensors: dict[str, TensorInfo] = {}
-    end = 0
-    n_params = 0
-    for tensor in reader.tensors:
-        shape = tuple(int(x) for x in tensor.shape)
-        tensors[tensor.name] = TensorInfo(shape, tensor.tensor_type.name, int(tensor.n_bytes))
-        end = max(end, int(tensor.data_offset) + int(tensor.n_bytes))
-        n_params += int(tensor.n_elements)
-    if end > size:
-        raise ModelError(f"{path} is truncated ({size} bytes, tensors need {end}); download or export it again")
-    arch = _field_value(reader, "general.architecture") or "unknown"
-    file_type = _field_value(reader, "general.file_type")
+    reader = GGUFFile(file)  # ModelError on a corrupt or truncated file
+    tensors = {t.name: TensorInfo(tuple(int(x) for x in t.shape), t.tensor_type.name, t.n_bytes)
+               for t in reader.tensors}
+    n_params = sum(int(np.prod(t.shape)) for t in reader.tensors)
+    arch = reader.get("general.architecture") or "unknown"
+    file_type = reader.get("general.file_type")
     try:
         ftype_name = gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else "?"
     except ValueError:
         ftype_name = str(file_type)
-    kind = _field_value(reader, "general.type") or "model"
-    alpha = _field_value(reader, "adapter.lora.alpha")
+    alpha = reader.get("adapter.lora.alpha")
     return GGUFInfo(
         path=file,
         file_size=size,
-        kind=str(kind),
+        kind=str(reader.get("general.type") or "model"),
         architecture=str(arch),
-        name=str(_field_value(reader, "general.name") or file.stem),
+        name=str(reader.get("general.name") or file.stem),
         file_type=ftype_name,
         n_params=n_params,
-        context_length=_field_value(reader, f"{arch}.context_length"),
-        n_layers=_field_value(reader, f"{arch}.block_count"),
-        n_embd=_field_value(reader, f"{arch}.embedding_length"),
-        n_head=_field_value(reader, f"{arch}.attention.head_count"),
-        n_head_kv=_field_value(reader, f"{arch}.attention.head_count_kv"),
+        context_length=reader.get(f"{arch}.context_length"),
+        n_layers=reader.get(f"{arch}.block_count"),
+        n_embd=reader.get(f"{arch}.embedding_length"),
+        n_head=reader.get(f"{arch}.attention.head_count"),
+        n_head_kv=reader.get(f"{arch}.attention.head_count_kv"),
         lora_alpha=float(alpha) if alpha is not None else None,
         tensors=tensors,
     )

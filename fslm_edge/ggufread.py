@@ -1,4 +1,4 @@
-"""A fast GGUF reader for the build tools.
+"""A fast GGUF reader (runtime and build tools).
 
 ``gguf.GGUFReader`` builds a numpy view per array element, which takes
 seconds on a 50k-262k token vocabulary. This reader parses the header with
