@@ -1,11 +1,13 @@
 """Training throughput on this CPU: the packed trainer vs a plain padded PEFT loop.
 
-    python benchmarks/bench_train.py --data-dir ../shared/data [--examples 96] [--steps 6]
+    python benchmarks/bench_train.py --data-dir ../shared/data [--examples 48] [--batch 4]
 
 Both loops train the same LoRA (recipe defaults: r=8 on q/k/v/o) on the same
 examples of the real SmolLM2-135M-Instruct base (a StrategyQA "recall" stage:
-question -> facts, mixed 2:1 with Alpaca instructions) for the same number of
-steps and examples per step. "Useful" tokens are real (non-padding) tokens.
+question -> facts, mixed 2:1 with Alpaca instructions) for one epoch over the
+same examples (packed: rows of <= 512 tokens, 4 rows a step; padded: --batch
+examples a step, padded to the longest, full-vocabulary logits as PEFT's
+usual loop computes them). "Useful" tokens are real (non-padding) tokens.
 """
 
 from __future__ import annotations
@@ -97,20 +99,24 @@ def padded(stage, base, data, pad_id, steps: int, batch: int, threads: int):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--examples", type=int, default=96)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--examples", type=int, default=48)
+    parser.add_argument("--batch", type=int, default=4, help="examples per step of the padded loop")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     stage, base, data, pad_id = load(args.data_dir, args.examples)
     lengths = [len(e.ids) for e in data.train]
     print(f"examples: {len(data.train)}, tokens/example mean {sum(lengths) / len(lengths):.0f}, "
           f"max {max(lengths)}, target share {sum(e.n_target for e in data.train) / sum(lengths):.0%}")
-    tokens, seconds, loss, rows = packed(stage, base, data, pad_id, args.steps, args.threads)
-    print(f"packed : {args.steps} steps x {rows} rows of <=512 tokens, {tokens} useful tokens in {seconds:.1f} s "
+    # one epoch over the same examples each; both use about the same memory (<= 2048 tokens a step)
+    from convert.packing import epoch_batches
+
+    steps = len(epoch_batches(data.train, 512, 4, stage.train.seed, 0))
+    tokens, seconds, loss, rows = packed(stage, base, data, pad_id, steps, args.threads)
+    print(f"packed : {steps} steps x {rows} rows of <=512 tokens, {tokens} useful tokens in {seconds:.1f} s "
           f"= {tokens / seconds:,.0f} useful tok/s (last loss {loss:.3f})")
-    batch = max(1, round(tokens / args.steps / (sum(lengths) / len(lengths))))  # same examples per step
-    useful, pseconds, ploss, total = padded(stage, base, data, pad_id, args.steps, batch, args.threads)
-    print(f"padded : {args.steps} steps x {batch} examples, {useful} useful of {total} tokens in {pseconds:.1f} s "
+    n_padded = -(-len(data.train) // args.batch)
+    useful, pseconds, ploss, total = padded(stage, base, data, pad_id, n_padded, args.batch, args.threads)
+    print(f"padded : {n_padded} steps x {args.batch} examples, {useful} useful of {total} tokens in {pseconds:.1f} s "
           f"= {useful / pseconds:,.0f} useful tok/s (last loss {ploss:.3f})")
     print(f"speed-up (useful tokens/s): {tokens / seconds / (useful / pseconds):.2f}x")
 

@@ -208,7 +208,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens += sum(len(self.data.train[i].ids) for row in rows for i in row)
-        self.last_loss = float(loss)
+        self.last_loss = float(loss.detach())
         if self.step % self.recipe.eval_every == 0:
             self.val_loss = evaluate(self.model, self.data, self.recipe, self.pad_id)
         if self.step % self.recipe.save_every == 0:
