@@ -1,0 +1,162 @@
+"""Evaluation speed: llama.cpp KV-reuse scoring vs transformers fp32, and a stack.
+
+    python benchmarks/bench_eval.py --data-dir ../shared/data [--n 100] [--n-hf 30] [--threads 2]
+
+1. single model (packaged SmolLM2-135M-Instruct Q4_1), four-choice ARC-Easy test
+   questions, ``"Question: ...\\nAnswer:"`` + ``" choice"``: questions/s with the
+   harness's scorer (prompt decoded once, only choice tokens per choice);
+2. the same scoring with transformers in fp32 on the same model (the GGUF
+   dequantized at load), lm-eval
+   style: one forward over the four padded (prompt + choice) sequences per
+   question; predictions and log-likelihoods compared with (1);
+3. seconds per question for ``stacks/qa.toml`` (prompt-only, 3 stages) on ARC-Easy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def arc_questions(data_dir: Path, n: int) -> list[dict]:
+    rows = []
+    with open(data_dir / "arc_easy_test.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if len(row["choices"]) == 4:
+                rows.append(row)
+            if len(rows) == n:
+                break
+    return rows
+
+
+def requests(row: dict) -> tuple[str, list[str]]:
+    return f"Question: {row['question']}\nAnswer:", [f" {c}" for c in row["choices"]]
+
+
+def bench_llama(rows, threads: int):
+    from fslm_edge.engine import LoadedModel
+    from fslm_edge.evaluation.scoring import ChoiceScorer, split_continuation
+    from fslm_edge.models import resolve_model
+
+    model = LoadedModel(resolve_model("smollm2-135m-instruct"), 2048, threads, 512)
+    scorer = ChoiceScorer(model)
+    results = []
+    for row in rows[:3]:  # warm-up
+        context, conts = requests(row)
+        pairs = [split_continuation(model, context, c) for c in conts]
+        scorer.score(pairs[0][0], [p[1] for p in pairs])
+    scorer.decoded_tokens = 0
+    started = time.perf_counter()
+    for row in rows:
+        context, conts = requests(row)
+        pairs = [split_continuation(model, context, c) for c in conts]
+        results.append([s.logprob for s in scorer.score(pairs[0][0], [p[1] for p in pairs])])
+    seconds = time.perf_counter() - started
+    tokens = scorer.decoded_tokens
+    model.close()
+    return results, seconds, tokens
+
+
+def load_hf(threads: int):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fslm_edge.models import resolve_model
+
+    torch.set_num_threads(threads)
+    gguf = resolve_model("smollm2-135m-instruct")
+    started = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    print(f"(transformers loaded the GGUF dequantized to fp32 in {time.perf_counter() - started:.0f} s)", flush=True)
+    return model, tokenizer
+
+
+def bench_hf(rows, threads: int):
+    import torch
+
+    model, tokenizer = load_hf(threads)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def score(row):
+        context, conts = requests(row)
+        ctx_ids = tokenizer(context)["input_ids"]
+        seqs = []
+        for cont in conts:
+            whole = tokenizer(context + cont)["input_ids"]
+            seqs.append((whole, len(whole) - len(ctx_ids)))
+        width = max(len(s) for s, _ in seqs)
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s, _ in seqs])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s, _ in seqs])
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        out = []
+        for b, (s, n_cont) in enumerate(seqs):
+            positions = range(len(s) - n_cont, len(s))
+            out.append(float(sum(logprobs[b, p - 1, s[p]] for p in positions)))
+        return out
+
+    for row in rows[:2]:
+        score(row)
+    started = time.perf_counter()
+    results = [score(row) for row in rows]
+    return results, time.perf_counter() - started
+
+
+def bench_stack(rows, stack_file: Path):
+    from fslm_edge.evaluation.harness import StackTarget
+    from fslm_edge.evaluation.data import parse_mc
+    from fslm_edge.evaluation.tasks import TASKS
+
+    target = StackTarget(str(stack_file))
+    try:
+        started = time.perf_counter()
+        generated = 0
+        for number, row in enumerate(rows, start=1):
+            record = target.run_mc(TASKS["arc_easy"], parse_mc(row, number, "bench"), False)
+            generated += record["generated_tokens"]
+        return (time.perf_counter() - started) / len(rows), generated / len(rows)
+    finally:
+        target.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--n", type=int, default=100, help="ARC-Easy questions for llama.cpp")
+    parser.add_argument("--n-hf", type=int, default=30, help="questions for transformers (slow)")
+    parser.add_argument("--n-stack", type=int, default=3, help="questions through stacks/qa.toml")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    rows = arc_questions(args.data_dir, max(args.n, args.n_hf))
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; threads {args.threads}")
+
+    llama, seconds, tokens = bench_llama(rows[: args.n], args.threads)
+    llama_qps = args.n / seconds
+    print(f"llama.cpp KV-reuse scorer: {args.n} four-choice ARC-Easy questions in {seconds:.2f} s = "
+          f"{llama_qps:.1f} questions/s ({tokens / args.n:.1f} tokens decoded per question)", flush=True)
+
+    hf, hf_seconds = bench_hf(rows[: args.n_hf], args.threads)
+    hf_qps = args.n_hf / hf_seconds
+    agree = sum(max(range(4), key=a.__getitem__) == max(range(4), key=b.__getitem__) for a, b in zip(llama, hf))
+    diff = max(abs(x - y) for a, b in zip(llama, hf) for x, y in zip(a, b))
+    print(f"transformers fp32 (same weights, dequantized): {args.n_hf} questions in {hf_seconds:.2f} s = "
+          f"{hf_qps:.2f} questions/s")
+    print(f"speedup llama.cpp / transformers: {llama_qps / hf_qps:.1f}x; same prediction on {agree}/{args.n_hf}; "
+          f"largest log-likelihood difference {diff:.3f} nats")
+
+    per_q, generated = bench_stack(rows[: args.n_stack], ROOT / "stacks" / "qa.toml")
+    print(f"stacks/qa.toml (3 prompt-only stages, choices scored on the final prompt): {per_q:.2f} s/question, "
+          f"{generated:.0f} tokens generated per question ({args.n_stack} questions)")
+
+
+if __name__ == "__main__":
+    main()
