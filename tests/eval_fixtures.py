@@ -35,6 +35,6 @@ def smol_model():
     from fslm_edge.engine import LoadedModel
     from fslm_edge.models import resolve_model
 
-    model = LoadedModel(resolve_model("smollm2-135m-instruct"), 1024, 2, 512)
+    model = LoadedModel(resolve_model("smollm2-135m-instruct"), 1024, 1, 512)
     yield model
     model.close()

@@ -18,6 +18,7 @@ STACK = """
 [stack]
 name = "tiny"
 context_size = 1024
+threads = 1
 
 [[stage]]
 name = "hint"
@@ -94,7 +95,7 @@ def test_cli_model_json_png_table_and_resume(tmp_path):
     write_jsonl(data / "gsm8k_dev.jsonl", GEN_ROWS)
     out, cache = tmp_path / "r.json", tmp_path / "cache"
     common = ["eval", "builtin:smollm2-135m-instruct", "--data-dir", str(data), "--out", str(out),
-              "--cache-dir", str(cache), "--max-new-tokens", "12", "--threads", "2"]
+              "--cache-dir", str(cache), "--max-new-tokens", "12", "--threads", "1"]
     first = _run(common + ["--task", "arc_easy", "--limit", "2"])
     assert first.exit_code == 0, first.output
     assert "arc_easy (acc_norm)" in first.output and "seconds / q" in first.output
@@ -131,7 +132,7 @@ def test_cli_errors(tmp_path):
     data = tmp_path / "data"
     write_jsonl(data / "arc_easy_test.jsonl", [MC_ROWS[0], {"question": "Q?", "choices": ["a"], "answer": 0}])
     base = ["eval", "builtin:smollm2-135m-instruct", "--data-dir", str(data), "--out", str(tmp_path / "x.json"),
-            "--no-cache"]
+            "--no-cache", "--threads", "1"]
     unknown = CliRunner().invoke(main, base + ["--task", "arc_medium"])
     assert unknown.exit_code == 2 and "known tasks: arc_easy, arc_challenge" in unknown.output
     bad = CliRunner().invoke(main, base + ["--task", "arc_easy"])
