@@ -7,12 +7,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from eval_fixtures import GEN_ROWS, MC_ROWS, smol_model, write_jsonl  # noqa: F401 (fixture)
+import eval_fixtures
+from eval_fixtures import GEN_ROWS, MC_ROWS, write_jsonl
 from fslm_edge.cli import main
 from fslm_edge.config import Sampling
-from fslm_edge.evaluation.data import read_examples
 from fslm_edge.evaluation.scoring import ChoiceScorer, split_continuation
 from fslm_edge.evaluation.tasks import TASKS
+
+smol_model = eval_fixtures.smol_model  # the shared module-scoped fixture
 
 STACK = """
 [stack]
