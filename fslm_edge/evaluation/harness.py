@@ -178,11 +178,22 @@ def example_key(example: Example) -> str:
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()
 
 
+def format_signature(task: Task, lettered: bool) -> str:
+    """The task's prompt format rendered on a fixed example: a changed format
+    gives a new cache."""
+    sample = Example("sig", "Q _ q", 0, ("a", "b"), "C")
+    parts = [task.gen_prompt(sample), task.stack_input(sample)]
+    if task.kind == "mc":
+        parts += [f"{c}|{k}" for c, k in task.requests(sample, lettered)] + task.stack_continuations(sample, lettered)
+    return "\n".join(parts)
+
+
 class ExampleCache:
     """Append-only JSONL of finished examples for one (target, task, settings)."""
 
     def __init__(self, folder: Path, target_fingerprint: str, task: Task, lettered: bool):
-        settings = json.dumps([CACHE_VERSION, target_fingerprint, task.name, task.kind, lettered])
+        settings = json.dumps([CACHE_VERSION, target_fingerprint, task.name, task.kind, lettered,
+                               format_signature(task, lettered)])
         self.path = Path(folder) / f"{hashlib.sha1(settings.encode()).hexdigest()[:20]}.jsonl"
         self.records: dict[str, dict] = {}
         if self.path.is_file():

@@ -111,8 +111,8 @@ class Task:
         return [choice.strip() for choice in example.choices]
 
     def gen_prompt(self, example: Example) -> str:
-        return (f"{example.question}\nSolve the problem step by step, then write the final answer as "
-                "'The answer is N.'") if self.name == "gsm8k" else self.prompt(example)
+        return (f"{example.question}\nSolve the problem step by step. End with: The answer is "
+                "(the number).") if self.name == "gsm8k" else self.prompt(example)
 
 
 TASKS: dict[str, Task] = {t.name: t for t in (
