@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 STACK = """\
 [stack]
 name = "bench"
-model = "smollm2-135m-instruct"
+model = "{model}"
 
 [[stage]]
 name = "recall"
@@ -73,6 +73,7 @@ def held_out(stage, base, data_dir: Path, n_tokens: int, n_prompts: int):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="base model reference")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--tokens", type=int, default=3000)
     parser.add_argument("--prompts", type=int, default=50)
@@ -90,7 +91,7 @@ def main() -> None:
     from fslm_edge.models import resolve_model
 
     folder = Path(tempfile.mkdtemp())
-    (folder / "s.toml").write_text(STACK)
+    (folder / "s.toml").write_text(STACK.format(model=args.model))
     stage = load_stack_config(folder / "s.toml").stages[0]
     base = resolve_model(stage.model)
     start = time.perf_counter()
@@ -105,20 +106,28 @@ def main() -> None:
     for qtype in ("q8_0", "q4_k_m", "q4_0"):
         timed(f"quantize F16 -> {qtype}", quantize_gguf, merged, folder / f"m.{qtype}.gguf", qtype)
 
+    base_f16 = timed("base -> F16 GGUF (no LoRA)", merge_to_gguf, base, {}, 1.0, folder / "base.f16.gguf")
     sequences, prompts = held_out(stage, base, args.data_dir, args.tokens, args.prompts)
     model = PeftModel.from_pretrained(load_torch_base(base), str(adapter_dir))
     reference = timed("torch logits", torch_logits, model, sequences)
-    rows = [("llama.cpp base Q4_1 + LoRA GGUF", base, lora_gguf), ("llama.cpp merged F16", merged, None),
-            ("llama.cpp base Q4_1, no adapter", base, None)]
+    rows = [("llama.cpp base GGUF + LoRA GGUF", base, lora_gguf),
+            ("llama.cpp base as F16 + LoRA GGUF", base_f16, lora_gguf),
+            ("llama.cpp merged F16", merged, None),
+            ("llama.cpp base GGUF, no adapter", base, None)]
     for label, gguf, adapter in rows:
         result = agreement(reference, llama_cpp_logits(gguf, sequences, lora=adapter))
         print(f"{label:<34} vs torch base+adapter: {result.positions} positions, next-token agreement "
               f"{result.agreement:.2%}, mean KL {result.mean_kl:.5f} nats")
-    with_lora = greedy(base, prompts, args.max_new, lora=lora_gguf)
+    with model.disable_adapter():  # the quantized base alone: llama.cpp's integer dot products vs exact float
+        plain = agreement(torch_logits(model, sequences), llama_cpp_logits(base, sequences))
+    print(f"{'llama.cpp base GGUF, no adapter':<34} vs torch base, no adapter: {plain.positions} positions, "
+          f"next-token agreement {plain.agreement:.2%}, mean KL {plain.mean_kl:.5f} nats")
     from_merged = greedy(merged, prompts, args.max_new)
-    same = sum(a == b for a, b in zip(with_lora, from_merged))
-    print(f"greedy ({args.max_new} new tokens) base+adapter vs merged F16: identical on {same}/{len(prompts)} "
-          f"prompts ({same / len(prompts):.0%})")
+    for label, gguf in (("base GGUF", base), ("base as F16", base_f16)):
+        with_lora = greedy(gguf, prompts, args.max_new, lora=lora_gguf)
+        same = sum(a == b for a, b in zip(with_lora, from_merged))
+        print(f"greedy ({args.max_new} new tokens) {label} + adapter vs merged F16: identical on "
+              f"{same}/{len(prompts)} prompts ({same / len(prompts):.0%})")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def ensure_writable(folder: Path) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise InputError(f"cannot write to the output folder {folder} ({exc.strerror}); choose another with --out") from None
+        raise InputError(f"cannot write to the output folder {folder} ({exc.strerror}); "
+                         "choose another with --out") from None
     return folder
 
 
