@@ -98,12 +98,14 @@ class Task:
         return [(context, f" {clean(choice)}") for choice in example.choices]
 
     def stack_input(self, example: Example) -> str:
-        """The stack's ``{input}``: context, question and (for MC) lettered choices."""
-        parts = [example.context] if example.context and self.name != "winogrande" else []
-        parts.append(example.question)
+        """The stack's ``{input}``: context, question and (for MC) lettered choices,
+        as ``fslm_edge.formats.mc_input`` defines it for training too."""
+        from ..formats import mc_input
+
+        passage = example.context if example.context and self.name != "winogrande" else None
         if self.kind == "mc":
-            parts.append(lettered_options(example))
-        return "\n".join(parts)
+            return mc_input(example.question, list(example.choices), passage)
+        return f"{passage}\n{example.question}" if passage else example.question
 
     def stack_continuations(self, example: Example, lettered: bool = False) -> list[str]:
         if lettered:
