@@ -95,3 +95,15 @@ def test_wilson_interval():
     low, high = wilson(50, 100)
     assert low == pytest.approx(0.4038, abs=1e-3) and high == pytest.approx(0.5962, abs=1e-3)
     assert wilson(0, 0) == (0.0, 0.0)
+
+
+def test_gold_explanations_never_reach_a_stack_or_model_prompt():
+    from fslm_edge.evaluation.data import Example
+    from fslm_edge.evaluation.tasks import custom_task, get_task
+
+    row = Example(id="x", question="Where do fish live?", choices=("water", "trees"), answer=0,
+                  context="Fish live in water because they breathe with gills.")
+    task = get_task("commonsenseqa")
+    assert "gills" not in task.stack_input(row)
+    assert all("gills" not in context for context, _ in task.requests(row))
+    assert "gills" in custom_task("mine", "mc").stack_input(row)  # user data: context is a passage

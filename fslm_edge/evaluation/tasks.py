@@ -85,6 +85,9 @@ class Task:
     prompt: Callable[[Example], str] = _qa
     custom_requests: Callable[[Example], list[Request]] | None = None
     description: str = ""
+    # Whether a row's ``context`` is a passage the question needs (BoolQ, user data). In the shared
+    # files it is otherwise a gold explanation (CommonsenseQA's CoS-E, e-SNLI) and must not be shown.
+    uses_context: bool = False
 
     def requests(self, example: Example, lettered: bool = False) -> list[Request]:
         """Single model: one (context, continuation) per choice."""
@@ -102,7 +105,7 @@ class Task:
         as ``fslm_edge.formats.mc_input`` defines it for training too."""
         from ..formats import mc_input
 
-        passage = example.context if example.context and self.name != "winogrande" else None
+        passage = example.context if example.context and self.uses_context else None
         if self.kind == "mc":
             return mc_input(example.question, list(example.choices), passage)
         return f"{passage}\n{example.question}" if passage else example.question
@@ -128,7 +131,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("piqa", "mc", "acc_norm", _qa, description="PIQA physical commonsense"),
     Task("winogrande", "mc", "acc", _plain, winogrande_requests, description="WinoGrande, partial scoring"),
     Task("truthfulqa_mc1", "mc", "acc", _truthfulqa, description="TruthfulQA MC1 (zero-shot, no primer)"),
-    Task("boolq", "mc", "acc", _boolq, description="BoolQ: passage + yes/no question"),
+    Task("boolq", "mc", "acc", _boolq, description="BoolQ: passage + yes/no question", uses_context=True),
     Task("mmlu", "mc", "acc", _mmlu, description="MMLU, cloze over the answers"),
 )}
 
@@ -143,5 +146,6 @@ def get_task(name: str) -> Task:
 def custom_task(name: str, kind: str) -> Task:
     """A task for ``--data FILE --format mc|gen`` without a named format."""
     if kind == "mc":
-        return Task(name, "mc", "acc_norm", _with_context, description="custom multiple choice")
-    return Task(name, "gen", "exact_match", _with_context, description="custom generative")
+        return Task(name, "mc", "acc_norm", _with_context, description="custom multiple choice",
+                    uses_context=True)
+    return Task(name, "gen", "exact_match", _with_context, description="custom generative", uses_context=True)
