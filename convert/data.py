@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fslm_edge.config import StageConfig
 from fslm_edge.errors import DatasetError, InputError
+from fslm_edge.formats import derived_field
 from fslm_edge.models import file_sha256
 from fslm_edge.prompts import ChatTemplate, stage_prompt
 from fslm_edge.recipe import DataSource, TrainRecipe
@@ -103,7 +104,11 @@ def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def field_text(row: dict, key: str, where: str) -> str:
-    """A row field as text; lists (StrategyQA ``facts``) are joined by newlines."""
+    """A row field as text; lists (StrategyQA ``facts``) are joined by newlines.
+    Multiple-choice rows also have the derived fields of ``fslm_edge.formats``
+    (``question_with_choices``, ``answer_text``, ``answer_letter``)."""
+    if key not in row and (derived := derived_field(row, key)) is not None:
+        return derived
     if key not in row:
         raise DatasetError(f"{where}: no field '{key}' (the row has: {', '.join(sorted(row)) or 'nothing'})")
     value = row[key]
