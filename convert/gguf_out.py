@@ -68,6 +68,9 @@ class GGUFOut:
             self.writer.close()
             with open(self._tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts are ordinary files
             os.replace(self._tmp, self.path)
         except BaseException:
             self.abort()
