@@ -103,7 +103,8 @@ for i in range(n):
 (tmp / "s.toml").write_text('[stack]\\nname = "rss"\\ncontext_size = 1024\\n\\n' + stages)
 with Stack.load(tmp / "s.toml") as stack:
     stack.run("Tell me about rivers.")
-    print(json.dumps({{"models": len(stack.models), "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({{"models": len(stack.models), "rss_mb": peak_mb}}))
 """
 
 
