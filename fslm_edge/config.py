@@ -237,9 +237,10 @@ def _build_config(data: dict, ctx: _Context) -> StackConfig:
     if not isinstance(stage_tables, list) or not stage_tables:
         raise StackFileError(ctx.path, "no stages: add at least one [[stage]] table with name and template")
     default_model = stack.get("model", DEFAULT_MODEL)
+    all_names = {t.get("name") for t in stage_tables if isinstance(t, dict)}
     stages: list[StageConfig] = []
     for index, table in enumerate(stage_tables):
-        stages.append(_build_stage(table, index, [s.name for s in stages], default_model, ctx))
+        stages.append(_build_stage(table, index, [s.name for s in stages], all_names, default_model, ctx))
     return StackConfig(
         path=ctx.path.resolve(),
         name=stack["name"],
@@ -252,7 +253,8 @@ def _build_config(data: dict, ctx: _Context) -> StackConfig:
     )
 
 
-def _build_stage(table: Any, index: int, earlier: list[str], default_model: str, ctx: _Context) -> StageConfig:
+def _build_stage(table: Any, index: int, earlier: list[str], all_names: set, default_model: str,
+                 ctx: _Context) -> StageConfig:
     if not isinstance(table, dict):
         raise ctx.error(f"stage #{index + 1} must be a table", None, index)
     _check_keys(table, _STAGE_KEYS, ctx, f"stage #{index + 1}", index)
@@ -274,7 +276,7 @@ def _build_stage(table: Any, index: int, earlier: list[str], default_model: str,
     for ref in fields:
         if ref == "input" or ref in earlier:
             continue
-        hint = " (a stage can only use stages defined before it)" if ref in _all_stage_names(ctx) else ""
+        hint = " (a stage can only use stages defined before it)" if ref in all_names else ""
         raise ctx.error(
             f"{what}: template references unknown stage '{{{ref}}}'{hint}{_suggest(ref, ['input', *earlier])}",
             "template",
@@ -297,15 +299,6 @@ def _build_stage(table: Any, index: int, earlier: list[str], default_model: str,
         sampling=sampling,
         train=train,
     )
-
-
-def _all_stage_names(ctx: _Context) -> list[str]:
-    names = []
-    for line in ctx.lines:
-        key, _, value = line.partition("=")
-        if key.strip() == "name":
-            names.append(value.strip().strip("\"'"))
-    return names
 
 
 def _build_sampling(table: dict, what: str, index: int, ctx: _Context) -> Sampling:
