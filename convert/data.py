@@ -49,9 +49,9 @@ class GGUFTokenizer:
     def __init__(self, gguf_path: Path):
         import llama_cpp
 
-        from fslm_edge.engine import _quiet_stderr
+        from fslm_edge.engine import quiet_stderr
 
-        with _quiet_stderr():
+        with quiet_stderr():
             self.llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
         meta = self.llm.metadata.get("tokenizer.chat_template")
         text = self.llm._model.token_get_text

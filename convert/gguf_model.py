@@ -133,9 +133,9 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, n_threads: int = 0) -> Path:
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = ftypes[qtype]
         params.nthread = n_threads
-        from fslm_edge.engine import _quiet_stderr
+        from fslm_edge.engine import quiet_stderr
 
-        with _quiet_stderr():
+        with quiet_stderr():
             status = llama_cpp.llama_model_quantize(str(src).encode(), tmp.encode(), ctypes.byref(params))
         if status != 0:
             raise ModelError(f"llama.cpp could not quantize {src} to {qtype} (status {status})")

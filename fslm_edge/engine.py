@@ -22,7 +22,7 @@ from .prompts import ChatTemplate
 
 
 @contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """llama.cpp prints load logs on fd 2; keep them off the user's terminal."""
     if os.environ.get("FSLM_EDGE_VERBOSE"):
         yield
@@ -52,7 +52,7 @@ class LoadedModel:
         self.path = Path(path)
         self.n_ctx = n_ctx
         try:
-            with _quiet_stderr():
+            with quiet_stderr():
                 self.llm = llama_cpp.Llama(
                     model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
                     n_batch=min(n_batch, n_ctx), use_mmap=True, verbose=False, logits_all=logits_all,
@@ -103,7 +103,7 @@ class LoadedModel:
         if path in self._adapters:
             return
         check_adapter(path, self.info)
-        with _quiet_stderr():
+        with quiet_stderr():
             handle = self._lib.llama_adapter_lora_init(self.llm._model.model, str(path).encode("utf-8"))
         if not handle:
             raise AdapterError(f"llama.cpp refused the adapter {path}; export it again for {self.path.name}")
