@@ -237,7 +237,7 @@ def _build_config(data: dict, ctx: _Context) -> StackConfig:
     if not isinstance(stage_tables, list) or not stage_tables:
         raise StackFileError(ctx.path, "no stages: add at least one [[stage]] table with name and template")
     default_model = stack.get("model", DEFAULT_MODEL)
-    all_names = {t.get("name") for t in stage_tables if isinstance(t, dict)}
+    all_names = {t["name"] for t in stage_tables if isinstance(t, dict) and isinstance(t.get("name"), str)}
     stages: list[StageConfig] = []
     for index, table in enumerate(stage_tables):
         stages.append(_build_stage(table, index, [s.name for s in stages], all_names, default_model, ctx))
