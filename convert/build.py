@@ -85,25 +85,55 @@ def build_stack(stack_path: Path, options: BuildOptions) -> Iterator[StageArtifa
     stages = stages_to_build(config, options.stage)
     root = Path(options.out_dir) if options.out_dir else config.base_dir / "build" / config.name
     ensure_writable(root)
+    built: dict[str, Path] = {}  # adapters trained by this run, used by later stages' "@model" fields
     for stage in stages:
-        yield build_stage(config, stage, options, ensure_writable(root / stage.name))
+        artifacts = build_stage(config, stage, options, ensure_writable(root / stage.name), built)
+        built[stage.name] = artifacts.adapter
+        yield artifacts
 
 
-def build_stage(config: StackConfig, stage: StageConfig, options: BuildOptions, folder: Path) -> StageArtifacts:
+def _upstream(config: StackConfig, stage: StageConfig, folder: Path, adapters: dict, progress: bool):
+    """The earlier stages' runner when the recipe maps a field to "@model"."""
+    from contextlib import nullcontext
+
+    from .upstream import UpstreamOutputs, model_fields
+
+    if not model_fields(stage):
+        return nullcontext(None)
+    counter = _RowCounter(f"running the stages before '{stage.name}' on its training rows") if progress else None
+    return UpstreamOutputs(config, stage, folder / "upstream.jsonl", adapters, on_row=counter)
+
+
+class _RowCounter:
+    def __init__(self, label: str):
+        self.label, self.count = label, 0
+
+    def __call__(self) -> None:
+        import sys
+
+        self.count += 1
+        if self.count % 25 == 0:
+            print(f"{self.label}: {self.count} rows", file=sys.stderr, flush=True)
+
+
+def build_stage(config: StackConfig, stage: StageConfig, options: BuildOptions, folder: Path,
+                adapters: dict | None = None) -> StageArtifacts:
     from .data import GGUFTokenizer, load_stage_data
     from .export import export_lora, load_lora
     from .gguf_torch import load_torch_base
     from .train import Trainer
 
     base = resolve_model(stage.model, config.base_dir)
-    with GGUFTokenizer(base) as tokenizer:
-        data = load_stage_data(stage, Path(options.data_dir), tokenizer)
+    with GGUFTokenizer(base) as tokenizer, _upstream(config, stage, folder, adapters or {},
+                                                     options.progress) as upstream:
+        data = load_stage_data(stage, Path(options.data_dir), tokenizer, upstream)
         pad_id = tokenizer.end_id
+        upstream_info = _upstream_info(upstream)
     model = load_torch_base(base)
     trainer = Trainer(model, data, stage.train, folder, pad_id, max_steps=options.max_steps,
                       progress=options.progress, on_step=options.on_step, threads=options.threads)
     result = trainer.run(resume=options.resume)
-    info = _manifest_info(config, stage, base, data, result, trainer)
+    info = {**_manifest_info(config, stage, base, data, result, trainer), "upstream": upstream_info}
     adapter = export_lora(result.adapter_dir, base, folder / f"{stage.name}.lora.gguf", name=stage.name)
     _manifest(adapter, info, "lora-adapter")
     merged = quantized = None
@@ -116,6 +146,15 @@ def build_stage(config: StackConfig, stage: StageConfig, options: BuildOptions, 
             _manifest(quantized, {**info, "quantization": options.quant}, "merged-quantized")
     return StageArtifacts(stage.name, folder, adapter, merged, quantized, result.train_loss, result.val_loss,
                           result.steps)
+
+
+def _upstream_info(upstream) -> dict | None:
+    """Which earlier stages (and adapters) produced the "@model" training text."""
+    if upstream is None:
+        return None
+    stages = {s.name: {"adapter": str(s.adapter) if s.adapter else None,
+                       "sha256": file_sha256(s.adapter) if s.adapter else None} for s in upstream.config.stages}
+    return {"stages": stages, "generated_rows": upstream.generated, "cache": str(upstream.cache_file)}
 
 
 def _manifest(path: Path, info: dict, kind: str) -> None:

@@ -26,13 +26,25 @@ _QUANTS = click.Choice(["q4_k_m", "q8_0", "q4_0", "none"])
               help="Output folder (default: build/<stack name>/ beside the stack file).")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads (default: one per core, at most 8).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def build(stack_file, data_dir, stage_name, max_steps, quant, merge, resume, out_dir, threads, no_progress):
+@click.option("--union", is_flag=True,
+              help="Instead: ONE adapter on the union of all stages' data, as many steps as all stages together.")
+def build(stack_file, data_dir, stage_name, max_steps, quant, merge, resume, out_dir, threads, no_progress, union):
     """Train every stage of STACK that has a [stage.train] recipe and export it."""
     from .build import BuildOptions, build_stack, stack_lines
 
     options = BuildOptions(data_dir=Path(data_dir), out_dir=Path(out_dir) if out_dir else None,
                            stage=stage_name, max_steps=max_steps, quant=quant, merge=merge, resume=resume,
                            progress=not no_progress, threads=threads)
+    if union:
+        from .union import build_union
+
+        if stage_name or merge or quant != "none":
+            raise click.UsageError("--union trains one adapter for all stages; drop --stage, --merge and --quant")
+        artifacts = build_union(Path(stack_file), options)
+        click.echo(f"union adapter: {artifacts.steps} steps, train loss {_fmt(artifacts.train_loss)}, "
+                   f"val loss {_fmt(artifacts.val_loss)}\n  wrote {artifacts.adapter}")
+        click.echo(f"\nUse it in every stage: --set '*.adapter={Path(artifacts.adapter).resolve()}'")
+        return
     lines = []
     for artifacts in build_stack(Path(stack_file), options):
         click.echo(f"stage {artifacts.stage}: {artifacts.steps} steps, train loss {_fmt(artifacts.train_loss)}, "

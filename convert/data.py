@@ -22,7 +22,8 @@ from fslm_edge.models import file_sha256
 from fslm_edge.prompts import ChatTemplate, stage_prompt
 from fslm_edge.recipe import DataSource, TrainRecipe
 
-MAX_VAL_EXAMPLES = 256
+from .upstream import MODEL_OUTPUT, model_fields
+
 
 
 @dataclass(frozen=True)
@@ -158,12 +159,18 @@ def _mix(train_parts: list[list], recipe: TrainRecipe, seed: int) -> list:
     return mixed
 
 
-def load_stage_data(stage: StageConfig, data_dir: Path, tokenizer: GGUFTokenizer) -> StageData:
-    """Read, split, mix, render and tokenize a stage's training data."""
+def load_stage_data(stage: StageConfig, data_dir: Path, tokenizer: GGUFTokenizer, upstream=None) -> StageData:
+    """Read, split, mix, render and tokenize a stage's training data.
+
+    ``upstream`` (a :class:`convert.upstream.UpstreamOutputs`) fills the
+    fields the recipe maps to ``"@model"`` with the earlier stages' outputs."""
     recipe = stage.train
     if recipe is None:
         raise InputError(f"stage '{stage.name}' has no [stage.train] recipe; add one to build it")
     check_fields(stage, recipe)
+    if upstream is None and model_fields(stage):
+        raise InputError(f"stage '{stage.name}' maps fields to \"@model\"; build it with the stack "
+                         "(fslm-edge build) so the earlier stages can run")
     train_parts, val_rows, hashes = [], [], {}
     for index, source in enumerate(recipe.data):
         path = Path(data_dir) / source.file
@@ -174,20 +181,21 @@ def load_stage_data(stage: StageConfig, data_dir: Path, tokenizer: GGUFTokenizer
         train_parts.append([(path, source, n, row) for n, row in train])
         val_rows.extend((path, source, n, row) for n, row in val)
     mixed = _mix(train_parts, recipe, recipe.seed)
-    train, skipped = _encode_all(stage, mixed, tokenizer, recipe.max_seq_len)
-    val, _ = _encode_all(stage, val_rows[:MAX_VAL_EXAMPLES], tokenizer, recipe.max_seq_len)
+    random.Random(recipe.seed).shuffle(val_rows)
+    train, skipped = _encode_all(stage, mixed, tokenizer, recipe.max_seq_len, upstream)
+    val, _ = _encode_all(stage, val_rows[: recipe.val_examples], tokenizer, recipe.max_seq_len, upstream)
     if not train:
         raise DatasetError(f"stage '{stage.name}': no training example fits max_seq_len = {recipe.max_seq_len} "
                            f"({skipped} too long)")
     return StageData(tuple(train), tuple(val), hashes, skipped)
 
 
-def _encode_all(stage, items, tokenizer, max_len) -> tuple[list[Example], int]:
+def _encode_all(stage, items, tokenizer, max_len, upstream=None) -> tuple[list[Example], int]:
     out, skipped, cache = [], 0, {}
     for path, source, number, row in items:
         key = (str(path), number)
         if key not in cache:
-            cache[key] = encode_row(stage, source, row, tokenizer, f"{path}:{number}")
+            cache[key] = encode_row(stage, source, row, tokenizer, f"{path}:{number}", upstream)
         example = cache[key]
         if len(example.ids) > max_len:
             skipped += 1
@@ -196,8 +204,12 @@ def _encode_all(stage, items, tokenizer, max_len) -> tuple[list[Example], int]:
     return out, skipped
 
 
-def encode_row(stage: StageConfig, source: DataSource, row: dict, tokenizer: GGUFTokenizer, where: str) -> Example:
-    values = {name: field_text(row, key, where) for name, key in source.field_map.items()}
+def encode_row(stage: StageConfig, source: DataSource, row: dict, tokenizer: GGUFTokenizer, where: str,
+               upstream=None) -> Example:
+    values = {name: field_text(row, key, where) for name, key in source.field_map.items() if key != MODEL_OUTPUT}
+    if len(values) < len(source.field_map):
+        outputs = upstream.outputs(values["input"])
+        values.update({name: outputs[name] for name, key in source.field_map.items() if key == MODEL_OUTPUT})
     target = field_text(row, source.target, where)
     prompt = stage_prompt(stage, values, tokenizer.chat)
     prompt_ids = tokenizer.prompt_ids(prompt)

@@ -233,15 +233,29 @@ class Trainer:
         return target
 
 
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 class _progress:
-    """A rich progress bar (loss, val loss, tokens/s, ETA), or nothing."""
+    """A rich progress bar (loss, val loss, tokens/s, ETA), or without one a
+    plain log line every ``LOG_EVERY`` steps (for runs in the background)."""
+
+    LOG_EVERY = 10
 
     def __init__(self, enabled: bool, total: int, done: int):
         self.enabled, self.total, self.done = enabled, total, done
 
+    def _log_line(self, step, loss, val, rate) -> None:
+        import sys
+
+        if step % self.LOG_EVERY == 0 or step == self.total:
+            print(f"train step {step}/{self.total} loss {_fmt(loss)} val {_fmt(val)} {rate:,.0f} tok/s",
+                  file=sys.stderr, flush=True)
+
     def __enter__(self):
         if not self.enabled:
-            return lambda *args: None
+            return self._log_line
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
@@ -251,8 +265,7 @@ class _progress:
         self._task = self._bar.add_task("train", total=self.total, completed=self.done, loss="-", val="-", rate="-")
 
         def update(step, loss, val, rate):
-            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-            self._bar.update(self._task, completed=step, loss=fmt(loss), val=fmt(val), rate=f"{rate:,.0f}")
+            self._bar.update(self._task, completed=step, loss=_fmt(loss), val=_fmt(val), rate=f"{rate:,.0f}")
 
         return update
 

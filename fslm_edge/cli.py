@@ -9,6 +9,7 @@ import sys
 import click
 import tomllib
 
+from .config import parse_override_items
 from .errors import FslmError, InputError
 
 EXIT_INTERRUPTED = 2  # the issue's contract: bad input and interrupts exit 2
@@ -48,18 +49,7 @@ def main(debug: bool) -> None:
 
 
 def parse_overrides(items: tuple[str, ...]) -> dict[str, object]:
-    """``stage.key=value`` pairs; values are TOML literals, else strings."""
-    overrides: dict[str, object] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or "." not in key:
-            raise InputError(f"--set {item!r}: write stage.key=value (e.g. --set answer.temperature=0.7)")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        overrides[key.strip()] = value
-    return overrides
+    return parse_override_items(items, "--set")
 
 
 def read_question(question: str | None) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import tomllib
 
-from .errors import StackFileError
+from .errors import InputError, StackFileError
 from .recipe import TrainRecipe, parse_recipe
 from .templates import TemplateSyntaxError, template_fields
 
@@ -82,6 +82,32 @@ class StackConfig:
         if self.threads > 0:
             return self.threads
         return max(1, min(8, os.cpu_count() or 1))
+
+
+def parse_override_items(items, what: str = "--set") -> dict[str, object]:
+    """``stage.key=value`` pairs (also ``*.key``, ``stack.key``); values are
+    TOML literals, else strings."""
+    overrides: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise InputError(f"{what} {item!r}: write stage.key=value (e.g. answer.temperature=0.7)")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        overrides[key.strip()] = value
+    return overrides
+
+
+def split_stack_ref(ref: str) -> tuple[str, dict[str, object]]:
+    """``'stacks/qa.toml[*.adapter_scale=0,answer.max_tokens=8]'`` -> the path
+    and its overrides (a stack target with settings, e.g. for evaluation)."""
+    if ref.endswith("]") and "[" in ref:
+        path, _, inner = ref[:-1].partition("[")
+        items = tuple(part.strip() for part in inner.split(",") if part.strip())
+        return path, parse_override_items(items, f"target {ref!r}:")
+    return ref, {}
 
 
 # key -> (accepted python types, description used in errors)

@@ -110,12 +110,13 @@ class LoadedModel:
         self._adapters[path] = handle
 
     def use_adapter(self, path: Path | None, scale: float = 1.0) -> None:
-        """Make ``path`` (or no adapter) active; drops the KV cache on a change."""
-        key = (Path(path).resolve(), float(scale)) if path is not None else ()
+        """Make ``path`` (or no adapter; also at scale 0) active; drops the KV
+        cache on a change."""
+        key = (Path(path).resolve(), float(scale)) if path is not None and scale != 0 else ()
         if key == self._active:
             return
         ctx = self.llm._ctx.ctx
-        if path is None:
+        if not key:
             status = self._lib.llama_set_adapters_lora(ctx, None, 0, None)
         else:
             handles = (self._lib.llama_adapter_lora_p_ctypes * 1)(self._adapters[key[0]])

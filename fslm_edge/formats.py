@@ -8,6 +8,9 @@ derived row fields make this available to training recipes:
   the ``{input}`` evaluation gives a stack for a multiple-choice question;
 - ``answer_text``: the text of the correct choice;
 - ``answer_letter``: its letter.
+
+Yes/no rows (StrategyQA: ``answer`` is ``"yes"`` or ``"no"``, no ``choices``)
+are multiple choice over :data:`YES_NO`, for evaluation and training alike.
 """
 
 from __future__ import annotations
@@ -15,6 +18,15 @@ from __future__ import annotations
 import string
 
 LETTERS = string.ascii_uppercase
+YES_NO = ("yes", "no")
+
+
+def as_multiple_choice(row: dict) -> tuple[list, object]:
+    """``(choices, answer)`` of a row; a yes/no row becomes choices YES_NO."""
+    choices, answer = row.get("choices"), row.get("answer")
+    if choices is None and isinstance(answer, str) and answer.strip().lower() in YES_NO:
+        return list(YES_NO), YES_NO.index(answer.strip().lower())
+    return choices, answer
 
 
 def lettered_options(choices: list[str]) -> str:
@@ -31,7 +43,7 @@ def mc_input(question: str, choices: list[str], passage: str | None = None) -> s
 
 def derived_field(row: dict, key: str) -> str | None:
     """A derived field of a multiple-choice row, or None if ``key`` is not one."""
-    choices, answer = row.get("choices"), row.get("answer")
+    choices, answer = as_multiple_choice(row)
     if not isinstance(choices, list) or not isinstance(answer, int) or isinstance(answer, bool):
         return None
     if not 0 <= answer < len(choices):

@@ -41,6 +41,7 @@ class TrainRecipe:
     max_examples: int | None = None
     few_shot: int | None = None  # train on k examples only
     val_fraction: float = 0.05
+    val_examples: int = 256  # at most this many validation rows
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
@@ -67,6 +68,7 @@ _RECIPE_TYPES = {
     "max_examples": (int,),
     "few_shot": (int,),
     "val_fraction": (int, float),
+    "val_examples": (int,),
     "rank": (int,),
     "alpha": (int, float),
     "dropout": (int, float),
@@ -80,7 +82,7 @@ _RECIPE_TYPES = {
     "save_every": (int,),
     "seed": (int,),
 }
-_POSITIVE = ("max_examples", "few_shot", "rank", "alpha", "learning_rate", "epochs", "max_steps",
+_POSITIVE = ("max_examples", "val_examples", "few_shot", "rank", "alpha", "learning_rate", "epochs", "max_steps",
              "max_seq_len", "batch_tokens", "eval_every", "save_every")
 
 

@@ -143,3 +143,20 @@ def test_cli_errors(tmp_path):
     assert skipped.exit_code == 0 and "skipped bad row" in skipped.output
     assert json.loads((tmp_path / "x.json").read_text())["tasks"][0]["skipped_bad_rows"][0].endswith(
         "field 'choices' must be a list of at least two non-empty strings")
+
+
+def test_cli_stack_target_with_settings_side_by_side(tmp_path):
+    stack = tmp_path / "tiny.toml"
+    stack.write_text(STACK)
+    data = write_jsonl(tmp_path / "mine.jsonl", MC_ROWS[:1])
+    out = tmp_path / "s.json"
+    short = f"{stack}[hint.max_tokens=2, *.adapter_scale=0]"
+    result = _run(["eval", str(stack), short, "--data", str(data), "--format", "mc", "--out", str(out),
+                   "--no-cache"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    by_target = {r["target"]: r["examples"][0] for r in payload["results"]}
+    assert by_target[short]["stages"][0]["generated_tokens"] <= 2
+    assert by_target[str(stack)]["stages"][0]["generated_tokens"] > 2
+    bad = _run(["eval", f"{stack}[nodot]", "--data", str(data), "--format", "mc", "--out", str(out), "--no-cache"])
+    assert bad.exit_code == 2 and "write stage.key=value" in bad.output

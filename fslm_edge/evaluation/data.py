@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DatasetError
+from ..formats import as_multiple_choice
 
 SPLIT_FALLBACK = ("test", "dev", "validation")
-YES_NO = ("yes", "no")
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,7 @@ def _text(row: dict, key: str, required: bool = True) -> str:
 
 def parse_mc(row: dict, number: int, stem: str) -> Example:
     question = _text(row, "question")
-    answer = row.get("answer")
-    choices = row.get("choices")
-    if choices is None and isinstance(answer, str) and answer.strip().lower() in YES_NO:
-        choices, answer = list(YES_NO), YES_NO.index(answer.strip().lower())
+    choices, answer = as_multiple_choice(row)
     if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
         raise ValueError("field 'choices' must be a list of at least two non-empty strings")
     if isinstance(answer, bool) or not isinstance(answer, int):

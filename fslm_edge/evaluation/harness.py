@@ -124,12 +124,15 @@ class StackTarget:
 
     kind = "stack"
 
-    def __init__(self, path: str):
+    def __init__(self, ref: str):
+        from ..config import split_stack_ref
         from ..stack import Stack
 
-        self.name = path
-        self.stack = Stack.load(path, {"*.temperature": 0.0})
-        parts = [Path(path).read_text(encoding="utf-8")] + [_stat(m.path) for m in self.stack.models]
+        self.name = ref
+        path, overrides = split_stack_ref(ref)
+        self.stack = Stack.load(path, {**overrides, "*.temperature": 0.0})
+        parts = [Path(path).read_text(encoding="utf-8"), repr(sorted(overrides.items()))]
+        parts += [_stat(m.path) for m in self.stack.models]
         parts += [_stat(s.adapter) for s in self.stack.config.stages if s.adapter is not None]
         self.fingerprint = "stack:" + "|".join(parts)
         self._scorers: dict[int, ChoiceScorer] = {}
@@ -158,8 +161,9 @@ class StackTarget:
 
 
 def open_target(ref: str, n_threads: int, max_new_tokens: int = GEN_MAX_TOKENS):
-    """A ``.toml`` file is a stack; anything else a model reference."""
-    if ref.endswith(".toml"):
+    """A ``.toml`` file (optionally with ``[stage.key=value,...]`` settings) is
+    a stack; anything else a model reference."""
+    if ref.endswith(".toml") or (ref.endswith("]") and ".toml[" in ref):
         return StackTarget(ref)
     return ModelTarget(ref, n_threads, max_new_tokens=max_new_tokens)
 

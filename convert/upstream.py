@@ -1,0 +1,114 @@
+"""Earlier stages' own outputs as training input for a later stage.
+
+A recipe field mapped to ``"@model"`` (``fields = { reason = "@model" }``) is
+filled, per training row, with what the stack's earlier stages actually say
+for that row's ``{input}`` at temperature 0: the runtime's ``Stack`` runs
+them, with the adapters the stack file names or the ones this build has just
+trained. A later stage thus learns to read the text it will really be given,
+not gold text it will never see at run time.
+
+Outputs are cached in a JSONL file keyed by the earlier stages' settings,
+their adapters' hashes and the input, so a resumed or repeated build does not
+generate them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from fslm_edge.config import StackConfig, StageConfig
+from fslm_edge.errors import InputError
+from fslm_edge.models import file_sha256
+
+MODEL_OUTPUT = "@model"
+
+
+def model_fields(stage: StageConfig) -> set[str]:
+    """Template fields that some data source of ``stage`` fills with ``@model``."""
+    if stage.train is None:
+        return set()
+    return {name for source in stage.train.data for name, key in source.fields if key == MODEL_OUTPUT}
+
+
+def _earlier_config(config: StackConfig, stage: StageConfig, adapters: Mapping[str, Path]) -> StackConfig:
+    names = [s.name for s in config.stages]
+    earlier = config.stages[: names.index(stage.name)]
+    wanted = model_fields(stage)
+    unknown = sorted(wanted - {s.name for s in earlier} - {"input"})
+    if "input" in wanted or unknown:
+        bad = "input" if "input" in wanted else unknown[0]
+        raise InputError(f"stage '{stage.name}': fields = {{ {bad} = \"@model\" }}: '@model' fills only the "
+                         f"output of an earlier stage ({', '.join(s.name for s in earlier) or 'none here'})")
+    stages = tuple(dataclasses.replace(s, adapter=adapters.get(s.name, s.adapter),
+                                       sampling=dataclasses.replace(s.sampling, temperature=0.0))
+                   for s in earlier)
+    return dataclasses.replace(config, stages=stages)
+
+
+class UpstreamOutputs:
+    """Runs the stages before ``stage`` on training inputs; cached on disk."""
+
+    def __init__(self, config: StackConfig, stage: StageConfig, cache_file: Path,
+                 adapters: Mapping[str, Path] | None = None, on_row: Callable[[], None] | None = None):
+        self.config = _earlier_config(config, stage, adapters or {})
+        self.cache_file = Path(cache_file)
+        self.on_row = on_row
+        self.generated = 0
+        self._stack = None
+        self._key = self._fingerprint()
+        self._cache: dict[str, dict[str, str]] = {}
+        if self.cache_file.is_file():
+            for line in self.cache_file.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by an interruption
+                self._cache[entry["key"]] = entry["outputs"]
+
+    def _fingerprint(self) -> str:
+        parts = []
+        for s in self.config.stages:
+            adapter = file_sha256(s.adapter) if s.adapter is not None else None
+            parts.append([s.name, s.template, s.model, s.system, s.chat, repr(s.sampling), adapter,
+                          s.adapter_scale])
+        return json.dumps([self.config.context_size, parts])
+
+    def outputs(self, stack_input: str) -> dict[str, str]:
+        """Each earlier stage's text for ``stack_input``, by stage name."""
+        key = hashlib.sha1(f"{self._key}\n{stack_input}".encode()).hexdigest()
+        if key not in self._cache:
+            if self._stack is None:
+                from fslm_edge.stack import Stack
+
+                self._stack = Stack.from_config(self.config)
+            result = self._stack.run(stack_input)
+            outputs = {s.name: s.text for s in result.stages}
+            self._append(key, outputs)
+            self.generated += 1
+        if self.on_row is not None:
+            self.on_row()
+        return self._cache[key]
+
+    def _append(self, key: str, outputs: dict[str, str]) -> None:
+        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.cache_file, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"key": key, "outputs": outputs}, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._cache[key] = outputs
+
+    def close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+
+    def __enter__(self) -> UpstreamOutputs:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
