@@ -65,6 +65,31 @@ def bench_llama(rows, threads: int):
     return results, seconds, tokens
 
 
+def prompt_throughput(threads: int, n_tokens: int = 128, rounds: int = 5) -> float:
+    """llama.cpp's own prompt-processing rate (tokens/s, one batch, best of
+    ``rounds``): the ceiling for any scorer, which must decode every token."""
+    import llama_cpp
+
+    from fslm_edge.engine import LoadedModel
+    from fslm_edge.models import resolve_model
+
+    model = LoadedModel(resolve_model("smollm2-135m-instruct"), 2048, threads, 512)
+    llm, best = model.llm, float("inf")
+    batch = llm._batch.batch
+    for _ in range(rounds):
+        llm._ctx.kv_cache_seq_rm(0, 0, -1)
+        batch.n_tokens = n_tokens
+        for i in range(n_tokens):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = 1000 + i, i, 1
+            batch.seq_id[i][0], batch.logits[i] = 0, i == n_tokens - 1
+        started = time.perf_counter()
+        if llama_cpp.llama_decode(llm._ctx.ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+        best = min(best, time.perf_counter() - started)
+    model.close()
+    return n_tokens / best
+
+
 def load_hf(threads: int):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -143,6 +168,11 @@ def main() -> None:
     llama_qps = args.n / seconds
     print(f"llama.cpp KV-reuse scorer: {args.n} four-choice ARC-Easy questions in {seconds:.2f} s = "
           f"{llama_qps:.1f} questions/s ({tokens / args.n:.1f} tokens decoded per question)", flush=True)
+
+    rate = prompt_throughput(args.threads)
+    print(f"llama.cpp prompt processing on this model: {rate:.0f} tokens/s, so a scorer that decodes "
+          f"{tokens / args.n:.1f} tokens per question can reach at most {rate / (tokens / args.n):.1f} questions/s",
+          flush=True)
 
     hf, hf_seconds = bench_hf(rows[: args.n_hf], args.threads)
     hf_qps = args.n_hf / hf_seconds
