@@ -120,7 +120,6 @@ def build_stage(config: StackConfig, stage: StageConfig, options: BuildOptions, 
                 adapters: dict | None = None) -> StageArtifacts:
     from .data import GGUFTokenizer, load_stage_data
     from .export import export_lora, load_lora
-    from .gguf_torch import load_torch_base
     from .train import Trainer
 
     base = resolve_model(stage.model, config.base_dir)
@@ -129,23 +128,44 @@ def build_stage(config: StackConfig, stage: StageConfig, options: BuildOptions, 
         data = load_stage_data(stage, Path(options.data_dir), tokenizer, upstream)
         pad_id = tokenizer.end_id
         upstream_info = _upstream_info(upstream)
-    model = load_torch_base(base)
+    hf_base = config.base_dir / stage.train.hf_base if stage.train.hf_base else None
+    model = _torch_base(base, hf_base)
     trainer = Trainer(model, data, stage.train, folder, pad_id, max_steps=options.max_steps,
                       progress=options.progress, on_step=options.on_step, threads=options.threads)
     result = trainer.run(resume=options.resume)
     info = {**_manifest_info(config, stage, base, data, result, trainer), "upstream": upstream_info}
+    if hf_base is not None:
+        info["hf_base"] = {"path": str(hf_base),
+                           "weights": {f.name: file_sha256(f) for f in sorted(hf_base.glob("*.safetensors"))}}
     adapter = export_lora(result.adapter_dir, base, folder / f"{stage.name}.lora.gguf", name=stage.name)
     _manifest(adapter, info, "lora-adapter")
     merged = quantized = None
     if options.merge or options.quant != "none":
-        lora = load_lora(result.adapter_dir, base)
-        merged = merge_to_gguf(base, lora.tensors, lora.alpha, folder / f"{stage.name}.f16.gguf", "f16")
+        merged_path = folder / f"{stage.name}.f16.gguf"
+        if hf_base is not None:
+            from .hf_base import merge_hf_to_gguf
+
+            merged = merge_hf_to_gguf(_torch_base(base, hf_base), result.adapter_dir, base, merged_path)
+        else:
+            lora = load_lora(result.adapter_dir, base)
+            merged = merge_to_gguf(base, lora.tensors, lora.alpha, merged_path, "f16")
         _manifest(merged, info, "merged-f16")
         if options.quant != "none":
             quantized = quantize_gguf(merged, folder / f"{stage.name}.{options.quant}.gguf", options.quant)
             _manifest(quantized, {**info, "quantization": options.quant}, "merged-quantized")
     return StageArtifacts(stage.name, folder, adapter, merged, quantized, result.train_loss, result.val_loss,
                           result.steps)
+
+
+def _torch_base(gguf: Path, hf_base: Path | None):
+    """The torch model a stage trains: the HF folder if the recipe names one, else the GGUF dequantized."""
+    if hf_base is not None:
+        from .hf_base import load_hf_base
+
+        return load_hf_base(hf_base, gguf)
+    from .gguf_torch import load_torch_base
+
+    return load_torch_base(gguf)
 
 
 def _upstream_info(upstream) -> dict | None:

@@ -7,7 +7,6 @@ import os
 import sys
 
 import click
-import tomllib
 
 from .config import parse_override_items
 from .errors import FslmError, InputError

@@ -54,6 +54,9 @@ class TrainRecipe:
     eval_every: int = 50
     save_every: int = 50
     seed: int = 0
+    # A Hugging Face safetensors folder (relative to the stack file) with the full-precision weights of the
+    # stage's GGUF model: trained and merged instead of the GGUF dequantized (see convert/hf_base.py).
+    hf_base: str | None = None
 
 
 _SOURCE_TYPES = {
@@ -81,6 +84,7 @@ _RECIPE_TYPES = {
     "eval_every": (int,),
     "save_every": (int,),
     "seed": (int,),
+    "hf_base": (str,),
 }
 _POSITIVE = ("max_examples", "val_examples", "few_shot", "rank", "alpha", "learning_rate", "epochs", "max_steps",
              "max_seq_len", "batch_tokens", "eval_every", "save_every")
