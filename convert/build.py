@@ -127,15 +127,16 @@ def build_stage(config: StackConfig, stage: StageConfig, options: BuildOptions, 
                                                      options.progress) as upstream:
         data = load_stage_data(stage, Path(options.data_dir), tokenizer, upstream)
         pad_id = tokenizer.end_id
-        upstream_info = _upstream_info(upstream)
+        upstream_info = _upstream_info(upstream, config.base_dir)
     hf_base = config.base_dir / stage.train.hf_base if stage.train.hf_base else None
     model = _torch_base(base, hf_base)
     trainer = Trainer(model, data, stage.train, folder, pad_id, max_steps=options.max_steps,
                       progress=options.progress, on_step=options.on_step, threads=options.threads)
     result = trainer.run(resume=options.resume)
-    info = {**_manifest_info(config, stage, base, data, result, trainer), "upstream": upstream_info}
+    info = {**_manifest_info(config, stage, base, data, result, trainer),
+            "upstream": upstream_info}
     if hf_base is not None:
-        info["hf_base"] = {"path": str(hf_base),
+        info["hf_base"] = {"path": _relative(hf_base, config.base_dir),
                            "weights": {f.name: file_sha256(f) for f in sorted(hf_base.glob("*.safetensors"))}}
     adapter = export_lora(result.adapter_dir, base, folder / f"{stage.name}.lora.gguf", name=stage.name)
     _manifest(adapter, info, "lora-adapter")
@@ -168,13 +169,23 @@ def _torch_base(gguf: Path, hf_base: Path | None):
     return load_torch_base(gguf)
 
 
-def _upstream_info(upstream) -> dict | None:
+def _relative(path: Path, base_dir: Path) -> str:
+    """A path as the stack file would write it (relative to its folder), so
+    manifests name no machine's folders."""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(base_dir).resolve())
+    except ValueError:  # another drive
+        return Path(path).name
+
+
+def _upstream_info(upstream, base_dir: Path) -> dict | None:
     """Which earlier stages (and adapters) produced the "@model" training text."""
     if upstream is None:
         return None
-    stages = {s.name: {"adapter": str(s.adapter) if s.adapter else None,
+    stages = {s.name: {"adapter": _relative(s.adapter, base_dir) if s.adapter else None,
                        "sha256": file_sha256(s.adapter) if s.adapter else None} for s in upstream.config.stages}
-    return {"stages": stages, "generated_rows": upstream.generated, "cache": str(upstream.cache_file)}
+    return {"stages": stages, "generated_rows": upstream.generated,
+            "cache": _relative(upstream.cache_file, base_dir)}
 
 
 def _manifest(path: Path, info: dict, kind: str) -> None:
@@ -185,8 +196,8 @@ def _manifest(path: Path, info: dict, kind: str) -> None:
 
 def _manifest_info(config, stage, base: Path, data, result, trainer) -> dict:
     return {
-        "stack": str(config.path), "stage": stage.name,
-        "base": {"path": str(base), "sha256": file_sha256(base)},
+        "stack": config.path.name, "stage": stage.name,
+        "base": {"model": stage.model, "file": base.name, "sha256": file_sha256(base)},
         "data": data.file_hashes,
         "recipe": dataclasses.asdict(stage.train),
         "hyperparameters": {"steps": result.steps, "total_steps": trainer.total, "rows_per_batch": trainer.rows,

@@ -112,14 +112,14 @@ def quantize(source, out_path, qtype):
 
     path = quantize_gguf(Path(source), Path(out_path), qtype)
     write_manifest(path, {"kind": "quantized", "quantization": qtype,
-                          "source": {"path": str(source), "sha256": file_sha256(Path(source))}})
+                          "source": {"file": Path(source).name, "sha256": file_sha256(Path(source))}})
     click.echo(f"wrote {path}")
 
 
 def _base_info(base: Path, adapter, kind: str) -> dict:
     from fslm_edge.models import file_sha256
 
-    return {"kind": kind, "base": {"path": str(base), "sha256": file_sha256(base)}, "adapter": str(adapter)}
+    return {"kind": kind, "base": {"file": base.name, "sha256": file_sha256(base)}, "adapter": Path(adapter).name}
 
 
 def register(group: click.Group) -> None:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from fslm_edge.config import StackConfig, StageConfig
 from fslm_edge.errors import InputError
+from fslm_edge.jsonlog import append_record, read_records
 from fslm_edge.models import file_sha256
 
 MODEL_OUTPUT = "@model"
@@ -61,14 +61,7 @@ class UpstreamOutputs:
         self.generated = 0
         self._stack = None
         self._key = self._fingerprint()
-        self._cache: dict[str, dict[str, str]] = {}
-        if self.cache_file.is_file():
-            for line in self.cache_file.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by an interruption
-                self._cache[entry["key"]] = entry["outputs"]
+        self._cache = {e["key"]: e["outputs"] for e in read_records(self.cache_file)}
 
     def _fingerprint(self) -> str:
         parts = []
@@ -95,11 +88,7 @@ class UpstreamOutputs:
         return self._cache[key]
 
     def _append(self, key: str, outputs: dict[str, str]) -> None:
-        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.cache_file, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"key": key, "outputs": outputs}, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_record(self.cache_file, {"key": key, "outputs": outputs})
         self._cache[key] = outputs
 
     def close(self) -> None:

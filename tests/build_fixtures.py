@@ -108,3 +108,4 @@ def logits_llama_cpp(path: Path, tokens: list[int], lora: Path | None = None) ->
         return np.array(llm.scores[: len(tokens)], dtype=np.float64)
     finally:
         llm.close()
+

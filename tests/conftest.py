@@ -43,3 +43,20 @@ def adapters(tmp_path_factory) -> dict[str, Path]:
         "wrong_shape": random_lora(folder / "wrong_shape.gguf", n_layers=2, n_in=64, n_q=64, n_kv=32),
         "wrong_arch": random_lora(folder / "wrong_arch.gguf", arch="gemma3", n_layers=2),
     }
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """The tiny random llama GGUF the build tests train on (made once per session's temp folder)."""
+    from build_fixtures import tiny_gguf
+
+    folder = tmp_path_factory.getbasetemp() / "tiny"
+    folder.mkdir(exist_ok=True)
+    return tiny_gguf(folder, "llama")
+
+
+@pytest.fixture
+def build_cache(tmp_path_factory, monkeypatch) -> None:
+    """Torch conversions of the tiny models cached in the session's temp folder
+    (build test modules use it for every test: ``pytestmark``)."""
+    monkeypatch.setenv("FSLM_EDGE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -11,25 +11,16 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from build_fixtures import QA_ROWS, tiny_gguf, write_jsonl, write_stack  # noqa: E402
+from build_fixtures import QA_ROWS, write_jsonl, write_stack  # noqa: E402
 
 from fslm_edge.errors import DatasetError, InputError  # noqa: E402
 
 pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("build_cache")
 
 DATA = '{ file = "qa.jsonl", target = "answer", fields = { input = "question" } }'
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.getbasetemp() / "tiny"  # shared with the other build test modules
-    folder.mkdir(exist_ok=True)
-    return tiny_gguf(folder, "llama")
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("FSLM_EDGE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def _options(tmp_path, **kw):

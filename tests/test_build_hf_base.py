@@ -10,26 +10,17 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from build_fixtures import QA_ROWS, tiny_gguf, tiny_hf_model, write_jsonl, write_stack  # noqa: E402
+from build_fixtures import QA_ROWS, tiny_hf_model, write_jsonl, write_stack  # noqa: E402
 
 from fslm_edge.errors import InputError, ModelError  # noqa: E402
 
 pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("build_cache")
 pytest.importorskip("peft")
 
 DATA = '{ file = "qa.jsonl", target = "answer", fields = { input = "question" } }'
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.getbasetemp() / "tiny"  # shared with the other build test modules
-    folder.mkdir(exist_ok=True)
-    return tiny_gguf(folder, "llama")
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("FSLM_EDGE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def _save(folder: Path, seed: int = 0, **changes) -> Path:

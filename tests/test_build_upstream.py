@@ -10,23 +10,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from build_fixtures import QA_ROWS, tiny_gguf, write_jsonl  # noqa: E402
+from build_fixtures import QA_ROWS, write_jsonl  # noqa: E402
 
 from fslm_edge.errors import InputError  # noqa: E402
 
 pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("build_cache")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.getbasetemp() / "tiny"  # shared with the other build test modules
-    folder.mkdir(exist_ok=True)
-    return tiny_gguf(folder, "llama")
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("FSLM_EDGE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 def _two_stage_stack(folder: Path, model: Path, recall_field: str = "@model") -> Path:

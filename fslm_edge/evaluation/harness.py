@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from ..config import Sampling
 from ..engine import LoadedModel
+from ..jsonlog import append_record, read_records
 from ..models import cache_dir, resolve_model
 from .data import BadRow, Example
 from .extract import extract_answer, is_correct
@@ -199,25 +199,13 @@ class ExampleCache:
         settings = json.dumps([CACHE_VERSION, target_fingerprint, task.name, task.kind, lettered,
                                format_signature(task, lettered)])
         self.path = Path(folder) / f"{hashlib.sha1(settings.encode()).hexdigest()[:20]}.jsonl"
-        self.records: dict[str, dict] = {}
-        if self.path.is_file():
-            with open(self.path, encoding="utf-8") as handle:
-                for line in handle:
-                    try:
-                        entry = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut short by an interruption
-                    self.records[entry["key"]] = entry["record"]
+        self.records: dict[str, dict] = {e["key"]: e["record"] for e in read_records(self.path)}
 
     def get(self, key: str) -> dict | None:
         return self.records.get(key)
 
     def put(self, key: str, record: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"key": key, "record": record}, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_record(self.path, {"key": key, "record": record})
         self.records[key] = record
 
 
