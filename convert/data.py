@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fslm_edge.config import StageConfig
 from fslm_edge.errors import DatasetError, InputError
-from fslm_edge.formats import derived_field
+from fslm_edge.formats import continuation, derived_field
 from fslm_edge.models import file_sha256
 from fslm_edge.prompts import ChatTemplate, stage_prompt
 from fslm_edge.recipe import DataSource, TrainRecipe
@@ -210,8 +210,8 @@ def encode_row(stage: StageConfig, source: DataSource, row: dict, tokenizer: GGU
     if len(values) < len(source.field_map):
         outputs = upstream.outputs(values["input"])
         values.update({name: outputs[name] for name, key in source.field_map.items() if key == MODEL_OUTPUT})
-    target = field_text(row, source.target, where)
     prompt = stage_prompt(stage, values, tokenizer.chat)
+    target = continuation(prompt, field_text(row, source.target, where))
     prompt_ids = tokenizer.prompt_ids(prompt)
     target_ids = tokenizer.text_ids(target) + [tokenizer.end_id]
     return Example(tuple(prompt_ids + target_ids), len(prompt_ids))

@@ -15,15 +15,12 @@ generate them again.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from fslm_edge.config import StackConfig, StageConfig
 from fslm_edge.errors import InputError
-from fslm_edge.jsonlog import append_record, read_records
-from fslm_edge.models import file_sha256
+from fslm_edge.stagecache import StageOutputCache, stages_fingerprint
 
 MODEL_OUTPUT = "@model"
 
@@ -60,36 +57,24 @@ class UpstreamOutputs:
         self.on_row = on_row
         self.generated = 0
         self._stack = None
-        self._key = self._fingerprint()
-        self._cache = {e["key"]: e["outputs"] for e in read_records(self.cache_file)}
-
-    def _fingerprint(self) -> str:
-        parts = []
-        for s in self.config.stages:
-            adapter = file_sha256(s.adapter) if s.adapter is not None else None
-            parts.append([s.name, s.template, s.model, s.system, s.chat, repr(s.sampling), adapter,
-                          s.adapter_scale])
-        return json.dumps([self.config.context_size, parts])
+        fingerprint = stages_fingerprint(self.config.context_size, self.config.stages)
+        self._cache = StageOutputCache(self.cache_file, fingerprint)
 
     def outputs(self, stack_input: str) -> dict[str, str]:
         """Each earlier stage's text for ``stack_input``, by stage name."""
-        key = hashlib.sha1(f"{self._key}\n{stack_input}".encode()).hexdigest()
-        if key not in self._cache:
+        cached = self._cache.get(stack_input)
+        if cached is None:
             if self._stack is None:
                 from fslm_edge.stack import Stack
 
                 self._stack = Stack.from_config(self.config)
             result = self._stack.run(stack_input)
-            outputs = {s.name: s.text for s in result.stages}
-            self._append(key, outputs)
+            cached = {"outputs": {s.name: s.text for s in result.stages}}
+            self._cache.put(stack_input, cached)
             self.generated += 1
         if self.on_row is not None:
             self.on_row()
-        return self._cache[key]
-
-    def _append(self, key: str, outputs: dict[str, str]) -> None:
-        append_record(self.cache_file, {"key": key, "outputs": outputs})
-        self._cache[key] = outputs
+        return cached["outputs"]
 
     def close(self) -> None:
         if self._stack is not None:

@@ -66,6 +66,10 @@ class StackConfig:
     context_size: int = 2048
     threads: int = 0  # 0: one per physical core, at most 8
     batch_size: int = 512
+    # Multiple-choice evaluation: whether the stack's {input} lists the lettered choices after the
+    # question (true) or is the bare question (false). The choices are scored against the last stage
+    # either way.
+    show_choices: bool = True
 
     @property
     def base_dir(self) -> Path:
@@ -118,6 +122,7 @@ _STACK_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "context_size": ((int,), "a positive integer"),
     "threads": ((int,), "an integer (0 = automatic)"),
     "batch_size": ((int,), "a positive integer"),
+    "show_choices": ((bool,), "true or false"),
 }
 _STAGE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "name": ((str,), "a string"),
@@ -276,6 +281,7 @@ def _build_config(data: dict, ctx: _Context) -> StackConfig:
         context_size=stack.get("context_size", 2048),
         threads=stack.get("threads", 0),
         batch_size=stack.get("batch_size", 512),
+        show_choices=stack.get("show_choices", True),
     )
 
 

@@ -29,6 +29,15 @@ def as_multiple_choice(row: dict) -> tuple[list, object]:
     return choices, answer
 
 
+def continuation(prompt: str, text: str) -> str:
+    """``text`` as it follows ``prompt``, for training targets and scored
+    choices alike: with a leading space after a prompt that ends mid-line
+    (``"Answer:"`` + ``" Paris"``, as lm-evaluation-harness writes choices),
+    without one after a newline (a chat turn's header)."""
+    text = text.strip()
+    return f" {text}" if prompt and not prompt[-1].isspace() else text
+
+
 def lettered_options(choices: list[str]) -> str:
     return "\n".join(f"{LETTERS[i]}. {choice}" for i, choice in enumerate(choices))
 
@@ -37,7 +46,8 @@ def mc_input(question: str, choices: list[str], passage: str | None = None) -> s
     """The stack input for a multiple-choice question (with an optional passage)."""
     parts = [passage] if passage else []
     parts.append(question)
-    parts.append(lettered_options(choices))
+    if choices:
+        parts.append(lettered_options(choices))
     return "\n".join(parts)
 
 

@@ -142,10 +142,12 @@ class Stack:
             raise InputError("this stack is closed; load it again")
         return self._stream(question.strip())
 
-    def score_context(self, question: str) -> ScoringContext:
+    def score_context(self, question: str, upstream: Mapping[str, str] | None = None) -> ScoringContext:
         """Run every stage but the last (as ``run`` does) and prepare the last
         stage's prompt on its model, adapter active: what evaluation scores
-        answer choices against."""
+        answer choices against. ``upstream`` gives the earlier stages' texts
+        (by stage name) instead of running them; the context then has no
+        upstream outputs."""
         if not question or not question.strip():
             raise InputError("the question is empty")
         question = question.strip()
@@ -154,6 +156,9 @@ class Stack:
             values: dict[str, str] = {"input": question}
             outputs: list[StageOutput] = []
             for index, binding in enumerate(self._bindings[:-1]):
+                if upstream is not None:
+                    values[binding.config.name] = upstream[binding.config.name]
+                    continue
                 output = _last_value(self._run_stage(index, binding, values))
                 outputs.append(output)
                 values[binding.config.name] = output.text

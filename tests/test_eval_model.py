@@ -160,3 +160,28 @@ def test_cli_stack_target_with_settings_side_by_side(tmp_path):
     assert by_target[str(stack)]["stages"][0]["generated_tokens"] > 2
     bad = _run(["eval", f"{stack}[nodot]", "--data", str(data), "--format", "mc", "--out", str(out), "--no-cache"])
     assert bad.exit_code == 2 and "write stage.key=value" in bad.output
+
+
+def test_stack_variant_changing_only_the_last_stage_reuses_earlier_stage_texts(tmp_path):
+    stack = tmp_path / "tiny.toml"
+    stack.write_text(STACK)
+    data = write_jsonl(tmp_path / "mine.jsonl", MC_ROWS[:2])
+    out, cache = tmp_path / "s.json", tmp_path / "cache"
+    plain = (f"{stack}[answer.chat=false, answer.template=\"Question: {{input}}\\nHint: {{hint}}\\nAnswer:\"]")
+    other_hint = f"{stack}[hint.max_tokens=3]"
+    first = _run(["eval", str(stack), "--data", str(data), "--format", "mc", "--out", str(out),
+                  "--cache-dir", str(cache)])
+    assert first.exit_code == 0, first.output
+    hints = [e["stages"][0]["text"] for e in json.loads(out.read_text())["results"][0]["examples"]]
+    lines = (cache / "stages.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    second = _run(["eval", plain, other_hint, "--data", str(data), "--format", "mc", "--out", str(out),
+                   "--cache-dir", str(cache)])
+    assert second.exit_code == 0, second.output
+    by_target = {r["target"]: r["examples"] for r in json.loads(out.read_text())["results"]}
+    assert [e["stages"][0]["text"] for e in by_target[plain]] == hints  # reused, not regenerated
+    assert all(e["seconds"] >= e["stages"][0]["seconds"] for e in by_target[plain])
+    assert len((cache / "stages.jsonl").read_text().splitlines()) == 4  # only the changed hint stage ran
+    # After "Answer:" (no chat turn) each choice is scored with a leading space, as training writes it.
+    example = by_target[plain][0]
+    assert example["choice_bytes"] == [len(c.encode()) + 1 for c in MC_ROWS[0]["choices"]]

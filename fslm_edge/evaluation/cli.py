@@ -76,7 +76,7 @@ def run_all(targets, runs, lettered, threads, cache_dir, max_new_tokens=256):
     with _progress() as progress:
         bar = progress.add_task("eval", total=total)
         for ref in targets:
-            target = open_target(ref, threads, max_new_tokens)
+            target = open_target(ref, threads, max_new_tokens, cache_dir)
             try:
                 for run in runs:
                     progress.update(bar, description=f"{Path(ref).name} · {run.task.name}")

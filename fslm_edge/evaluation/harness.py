@@ -16,7 +16,9 @@ from pathlib import Path
 
 from ..config import Sampling
 from ..engine import LoadedModel
+from ..formats import continuation
 from ..jsonlog import append_record, read_records
+from ..stagecache import StageOutputCache, stages_fingerprint
 from ..models import cache_dir, resolve_model
 from .data import BadRow, Example
 from .extract import extract_answer, is_correct
@@ -124,7 +126,7 @@ class StackTarget:
 
     kind = "stack"
 
-    def __init__(self, ref: str):
+    def __init__(self, ref: str, cache_folder: Path | None = None):
         from ..config import split_stack_ref
         from ..stack import Stack
 
@@ -136,22 +138,43 @@ class StackTarget:
         parts += [_stat(s.adapter) for s in self.stack.config.stages if s.adapter is not None]
         self.fingerprint = "stack:" + "|".join(parts)
         self._scorers: dict[int, ChoiceScorer] = {}
+        config = self.stack.config
+        earlier = stages_fingerprint(config.context_size, config.stages[:-1],
+                                     "|".join(_stat(m.path) for m in self.stack.models))
+        self.upstream_cache = StageOutputCache(Path(cache_folder) / "stages.jsonl", earlier) if cache_folder else None
 
     @staticmethod
     def _stages(outputs) -> list[dict]:
-        return [{"name": o.name, "text": o.text, "generated_tokens": o.stats.generated_tokens} for o in outputs]
+        return [{"name": o.name, "text": o.text, "generated_tokens": o.stats.generated_tokens,
+                 "seconds": o.stats.seconds} for o in outputs]
+
+    def _context(self, stack_input: str):
+        """The final stage's scoring context and the earlier stages' records,
+        the latter from the stage cache when this input was seen before."""
+        cached = self.upstream_cache.get(stack_input) if self.upstream_cache is not None else None
+        if cached is not None:
+            texts = {s["name"]: s["text"] for s in cached["stages"]}
+            return self.stack.score_context(stack_input, texts), cached["stages"], True
+        context = self.stack.score_context(stack_input)
+        stages = self._stages(context.upstream)
+        if self.upstream_cache is not None:
+            self.upstream_cache.put(stack_input, {"stages": stages})
+        return context, stages, False
 
     def run_mc(self, task: Task, example: Example, lettered: bool) -> dict:
-        context = self.stack.score_context(task.stack_input(example))
+        context, stages, reused = self._context(task.stack_input(example, self.stack.config.show_choices))
         scorer = self._scorers.setdefault(id(context.model), ChoiceScorer(context.model))
-        continuations = task.stack_continuations(example, lettered)
+        continuations = [continuation(context.prompt, c) for c in task.stack_continuations(example, lettered)]
         requests = [(context.prompt, c) for c in continuations]
         record = mc_record(example, continuations, _score_requests(context.model, scorer, requests))
-        stages = self._stages(context.upstream)
-        return {**record, "generated_tokens": sum(s["generated_tokens"] for s in stages), "stages": stages}
+        # Seconds of the earlier stages when they came from the stage cache: a
+        # question's reported time is what it took when they were generated.
+        reused_seconds = sum(s.get("seconds", 0.0) for s in stages) if reused else 0.0
+        return {**record, "generated_tokens": sum(s["generated_tokens"] for s in stages), "stages": stages,
+                "reused_seconds": reused_seconds}
 
     def run_gen(self, task: Task, example: Example) -> dict:
-        result = self.stack.run(task.stack_input(example))
+        result = self.stack.run(task.stack_input(example, self.stack.config.show_choices))
         stages = self._stages(result.stages)
         record = gen_record(example, result.answer)
         return {**record, "generated_tokens": sum(s["generated_tokens"] for s in stages), "stages": stages}
@@ -160,11 +183,12 @@ class StackTarget:
         self.stack.close()
 
 
-def open_target(ref: str, n_threads: int, max_new_tokens: int = GEN_MAX_TOKENS):
+def open_target(ref: str, n_threads: int, max_new_tokens: int = GEN_MAX_TOKENS, cache_folder: Path | None = None):
     """A ``.toml`` file (optionally with ``[stage.key=value,...]`` settings) is
-    a stack; anything else a model reference."""
+    a stack; anything else a model reference. A stack keeps its earlier
+    stages' texts in ``cache_folder`` (see ``fslm_edge.stagecache``)."""
     if ref.endswith(".toml") or (ref.endswith("]") and ".toml[" in ref):
-        return StackTarget(ref)
+        return StackTarget(ref, cache_folder)
     return ModelTarget(ref, n_threads, max_new_tokens=max_new_tokens)
 
 
@@ -226,7 +250,7 @@ def evaluate(target, run: TaskRun, lettered: bool = False, cache: ExampleCache |
             record = target.run_mc(run.task, example, lettered)
         else:
             record = target.run_gen(run.task, example)
-        record["seconds"] = time.perf_counter() - started
+        record["seconds"] = time.perf_counter() - started + record.pop("reused_seconds", 0.0)
         if cache is not None:
             cache.put(key, record)
         yield {**record, "cached": False}

@@ -100,14 +100,15 @@ class Task:
         clean = _preprocess if self.name == "hellaswag" else str
         return [(context, f" {clean(choice)}") for choice in example.choices]
 
-    def stack_input(self, example: Example) -> str:
-        """The stack's ``{input}``: context, question and (for MC) lettered choices,
-        as ``fslm_edge.formats.mc_input`` defines it for training too."""
+    def stack_input(self, example: Example, show_choices: bool = True) -> str:
+        """The stack's ``{input}``: context, question and (for MC, unless the
+        stack sets ``show_choices = false``) lettered choices, as
+        ``fslm_edge.formats.mc_input`` defines it for training too."""
         from ..formats import mc_input
 
         passage = example.context if example.context and self.uses_context else None
         if self.kind == "mc":
-            return mc_input(example.question, list(example.choices), passage)
+            return mc_input(example.question, list(example.choices) if show_choices else [], passage)
         return f"{passage}\n{example.question}" if passage else example.question
 
     def stack_continuations(self, example: Example, lettered: bool = False) -> list[str]:

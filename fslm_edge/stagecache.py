@@ -1,0 +1,48 @@
+"""Cached outputs of a stack's leading stages, run at temperature 0.
+
+Keyed by those stages' settings, their adapters' hashes and the stack input,
+so the same text is never generated twice. Shared by training (a later
+stage's ``"@model"`` fields, ``convert/upstream.py``) and evaluation (a stack
+variant that changes only its last stage reuses the earlier stages' texts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import StageConfig
+from .jsonlog import append_record, read_records
+from .models import file_sha256
+
+
+def stages_fingerprint(context_size: int, stages: Sequence[StageConfig], extra: str = "") -> str:
+    """Everything that decides what ``stages`` say for a given input."""
+    parts = []
+    for s in stages:
+        adapter = file_sha256(s.adapter) if s.adapter is not None else None
+        parts.append([s.name, s.template, s.model, s.system, s.chat, repr(s.sampling), adapter, s.adapter_scale])
+    text = json.dumps([context_size, parts])
+    return f"{text}\n{extra}" if extra else text
+
+
+class StageOutputCache:
+    """Append-only JSONL of ``{"key": ..., **value}`` records, one per input."""
+
+    def __init__(self, path: Path, fingerprint: str):
+        self.path = Path(path)
+        self._fingerprint = fingerprint
+        self._records = {r.pop("key"): r for r in read_records(self.path) if "key" in r}
+
+    def key(self, stack_input: str) -> str:
+        return hashlib.sha1(f"{self._fingerprint}\n{stack_input}".encode()).hexdigest()
+
+    def get(self, stack_input: str) -> dict | None:
+        return self._records.get(self.key(stack_input))
+
+    def put(self, stack_input: str, value: dict) -> None:
+        key = self.key(stack_input)
+        append_record(self.path, {"key": key, **value})
+        self._records[key] = value
