@@ -210,7 +210,8 @@ def encode_row(stage: StageConfig, source: DataSource, row: dict, tokenizer: GGU
     if len(values) < len(source.field_map):
         outputs = upstream.outputs(values["input"])
         values.update({name: outputs[name] for name, key in source.field_map.items() if key == MODEL_OUTPUT})
-    prompt = stage_prompt(stage, values, tokenizer.chat)
+    # A trailing space of the prompt belongs to the target (" Paris"), as evaluation tokenizes a choice.
+    prompt = stage_prompt(stage, values, tokenizer.chat).rstrip(" ")
     target = continuation(prompt, field_text(row, source.target, where))
     prompt_ids = tokenizer.prompt_ids(prompt)
     target_ids = tokenizer.text_ids(target) + [tokenizer.end_id]

@@ -137,6 +137,32 @@ def test_prompt_is_the_runtime_prompt(tiny, tmp_path):
     assert list(example.ids) == prompt + target + [end_id] and example.n_prompt == len(prompt)
 
 
+def test_plain_prompt_target_is_tokenized_as_evaluation_scores_it(tiny, tmp_path):
+    """chat = false, template ending "Answer:": the target is " <answer>" tokenized after the prompt,
+    the same ids evaluation scores a choice with."""
+    from fslm_edge.config import load_stack_config
+    from fslm_edge.engine import LoadedModel
+    from fslm_edge.evaluation.scoring import split_continuation
+    from fslm_edge.formats import continuation
+    from fslm_edge.prompts import stage_prompt
+
+    write_jsonl(tmp_path / "qa.jsonl", QA_ROWS[:1] * 3)
+    stack = write_stack(tmp_path, tiny, DATA, extra="val_fraction = 0.0\n")
+    stack.write_text(stack.read_text().replace('template = "Question: {input}"',
+                                               'chat = false\ntemplate = "Question: {input}\\nAnswer:"'))
+    stage_data, end_id = _stage_data(stack, tmp_path, tiny)
+    stage = load_stack_config(stack).stages[0]
+    model = LoadedModel(tiny, n_ctx=256, n_threads=1)
+    try:
+        prompt_text = stage_prompt(stage, {"input": QA_ROWS[0]["question"]}, model.chat_template)
+        assert prompt_text.endswith("\nAnswer:")
+        prompt, target = split_continuation(model, prompt_text, continuation(prompt_text, QA_ROWS[0]["answer"]))
+    finally:
+        model.close()
+    example = stage_data.train[0]
+    assert list(example.ids) == prompt + target + [end_id] and example.n_prompt == len(prompt)
+
+
 def test_packing_has_no_cross_talk_and_matches_unpacked_loss(tiny, tmp_path):
     import torch
 

@@ -54,6 +54,12 @@ def test_unknown_key_names_line_and_suggestion():
     assert str(err).startswith("stack.toml:")
 
 
+def test_show_choices_defaults_on_and_must_be_a_bool():
+    assert parse(GOOD).show_choices is True
+    assert parse(GOOD.replace("[stack]", "[stack]\nshow_choices = false")).show_choices is False
+    assert "show_choices" in str(error_of(GOOD.replace("[stack]", "[stack]\nshow_choices = 1")))
+
+
 def test_unknown_stack_key_and_table():
     assert "did you mean 'context_size'" in str(error_of(GOOD.replace("context_size", "context_sise")))
     assert "did you mean 'stage'" in str(error_of(GOOD.replace("[[stage]]", "[[stages]]")))
