@@ -107,3 +107,15 @@ def test_gold_explanations_never_reach_a_stack_or_model_prompt():
     assert "gills" not in task.stack_input(row)
     assert all("gills" not in context for context, _ in task.requests(row))
     assert "gills" in custom_task("mine", "mc").stack_input(row)  # user data: context is a passage
+
+
+def test_table_shows_a_targets_settings_not_as_markup():
+    from rich.console import Console
+
+    from fslm_edge.evaluation.report import Summary, render_table
+
+    targets = ["stacks/qa.toml", "stacks/qa.toml[answer.adapter_scale=0]"]
+    summaries = [Summary(t, "arc_easy", "acc_norm", 10, 0.5, (0.2, 0.8), {}, 3.0, 0.5) for t in targets]
+    console = Console(width=200, record=True)
+    console.print(render_table(summaries, targets, ["arc_easy"]))
+    assert "stacks/qa.toml[answer.adapter_scale=0]" in console.export_text()

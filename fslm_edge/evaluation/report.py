@@ -86,11 +86,13 @@ def _means(summaries: list[Summary], targets: list[str]) -> dict[str, float]:
 def render_table(summaries: list[Summary], targets: list[str], tasks: list[str]):
     """A rich Table: one row per task (+ mean, tokens/q, s/q), one column per target."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="fslm-edge eval", show_lines=False)
     table.add_column("task (metric)")
     for target in targets:
-        table.add_column(target, justify="right")
+        # Text, not markup: a target's settings ("qa.toml[answer.adapter_scale=0]") look like a style tag.
+        table.add_column(Text(target), justify="right", overflow="fold")
     index = {(s.target, s.task): s for s in summaries}
     for task in tasks:
         cells = []
