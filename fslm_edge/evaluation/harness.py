@@ -18,8 +18,8 @@ from ..config import Sampling
 from ..engine import LoadedModel
 from ..formats import continuation
 from ..jsonlog import append_record, read_records
-from ..stagecache import StageOutputCache, stages_fingerprint
 from ..models import cache_dir, resolve_model
+from ..stagecache import StageOutputCache, stages_fingerprint
 from .data import BadRow, Example
 from .extract import extract_answer, is_correct
 from .scoring import ChoiceScorer, split_continuation
