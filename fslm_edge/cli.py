@@ -12,6 +12,7 @@ from .config import parse_override_items
 from .errors import FslmError, InputError
 
 EXIT_INTERRUPTED = 2  # the contract: bad input and interrupts exit 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
 
 
 class _Cli(click.Group):
@@ -26,6 +27,10 @@ class _Cli(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            # the reader went away (`| head`): stop quietly, the way a C tool dies of SIGPIPE
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(EXIT_BROKEN_PIPE)
         except KeyboardInterrupt:
             if debug:
                 raise

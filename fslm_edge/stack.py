@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ class Stack:
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._closed = False
+        self._streams: weakref.WeakSet = weakref.WeakSet()  # started streams, to finish on close
 
     # -- life cycle ---------------------------------------------------------
     @classmethod
@@ -106,6 +108,11 @@ class Stack:
 
     def close(self) -> None:
         self._cancel.set()
+        for stream in list(self._streams):
+            try:  # a stream left suspended mid-run holds the lock: finish it so it lets go
+                stream.close()
+            except ValueError:  # running in another thread: it sees the cancel flag and lets go
+                pass
         with self._lock:
             if not self._closed:
                 self._pool.close()
@@ -140,7 +147,9 @@ class Stack:
             raise InputError("the question is empty; pass some text (or '-' to read it from stdin)")
         if self._closed:
             raise InputError("this stack is closed; load it again")
-        return self._stream(question.strip())
+        stream = self._stream(question.strip())
+        self._streams.add(stream)
+        return stream
 
     def score_context(self, question: str, upstream: Mapping[str, str] | None = None) -> ScoringContext:
         """Run every stage but the last (as ``run`` does) and prepare the last

@@ -90,6 +90,19 @@ def test_real_subprocess_pipe_and_errors(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+def test_reader_closing_the_pipe_ends_the_run_quietly():
+    exe = Path(sys.executable).with_name("fslm-edge")
+    proc = subprocess.Popen([str(exe), "run", "stacks/qa.toml", "Why is the sea salty?", "--json"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert '"stage_start"' in proc.stdout.readline()
+    proc.stdout.close()  # what `| head -1` does
+    try:
+        assert proc.wait(timeout=60) == 141
+    finally:
+        proc.kill()
+    assert proc.stderr.read() == ""
+
+
 def test_ctrl_c_during_generation_is_one_line_not_a_crash():
     import signal
     import time

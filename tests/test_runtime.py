@@ -106,6 +106,22 @@ def test_cancel_from_another_thread(make_stack):
     assert result.stages[0].stats.stop_reason == "cancelled" and result.stages[0].stats.generated_tokens < 400
 
 
+def test_close_finishes_a_stream_left_suspended_mid_run(make_stack):
+    # `for e in events: print(e)` dying on a closed pipe leaves `events` suspended inside the run;
+    # closing the stack must finish it, not wait forever on the run's lock.
+    path = make_stack('[[stage]]\nname = "s"\ntemplate = "Write about {input}."\nmax_tokens = 40\n')
+    stack = Stack.load(path)
+    events = stack.stream("the sea")
+    assert isinstance(next(events), StageStart)
+    closer = threading.Thread(target=stack.close, daemon=True)
+    closer.start()
+    closer.join(timeout=30)
+    assert not closer.is_alive()
+    assert next(events, None) is None
+    with pytest.raises(InputError, match="closed"):
+        stack.stream("again")
+
+
 def test_context_overflow_drops_oldest_upstream_text_with_warning(make_stack):
     path = make_stack(
         '[[stage]]\nname = "a"\ntemplate = "Count to 100: 1, 2, 3,"\nchat = false\nmax_tokens = 90\n\n'
