@@ -50,6 +50,8 @@ class StageConfig:
     system: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
     train: TrainRecipe | None = None
+    # Write the value after "<arithmetic expression> =" instead of letting the model compute it.
+    calculator: bool = False
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -132,6 +134,7 @@ _STAGE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "adapter_scale": ((int, float), "a number"),
     "chat": ((bool,), "true or false"),
     "system": ((str,), "a string"),
+    "calculator": ((bool,), "true or false"),
     "max_tokens": ((int,), "a positive integer"),
     "temperature": ((int, float), "a number >= 0"),
     "top_p": ((int, float), "a number in (0, 1]"),
@@ -330,6 +333,7 @@ def _build_stage(table: Any, index: int, earlier: list[str], all_names: set, def
         system=table.get("system"),
         sampling=sampling,
         train=train,
+        calculator=table.get("calculator", False),
     )
 
 

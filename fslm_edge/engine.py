@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from .config import Sampling
 from .errors import AdapterError, ModelError, RuntimeFailure
 from .ggufinfo import GGUFInfo, check_adapter, read_gguf_info
@@ -62,6 +64,7 @@ class LoadedModel:
                              "or of an unsupported architecture") from None
         self._adapters: dict[Path, ctypes.c_void_p] = {}
         self._active: tuple = ()
+        self._digit_tokens: np.ndarray | None = None
         self._info: GGUFInfo | None = None
         self.chat_template = self._read_chat_template()
 
@@ -128,15 +131,24 @@ class LoadedModel:
         self._active = key
 
     # -- generation ---------------------------------------------------------
-    def generate(self, prompt_tokens: list[int], sampling: Sampling, cancel: threading.Event | None = None
-                 ) -> Iterator[int]:
-        """The pure token generator: sampled token ids until EOG or max_tokens."""
+    def digit_tokens(self) -> np.ndarray:
+        """Ids of the tokens whose text starts with a digit (computed once)."""
+        if self._digit_tokens is None:
+            ids = [t for t in range(self.llm.n_vocab()) if self.llm.detokenize([t])[:1].isdigit()]
+            self._digit_tokens = np.array(ids, dtype=np.intc)
+        return self._digit_tokens
+
+    def generate(self, prompt_tokens: list[int], sampling: Sampling, cancel: threading.Event | None = None,
+                 first_banned: np.ndarray | None = None) -> Iterator[int]:
+        """The pure token generator: sampled token ids until EOG or max_tokens.
+        ``first_banned``: token ids the first sampled token may not be."""
         if sampling.seed is not None:
             self.llm.set_seed(sampling.seed)
         produced = 0
         stream = self.llm.generate(
             prompt_tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
             temp=sampling.temperature, repeat_penalty=sampling.repeat_penalty, reset=True,
+            logits_processor=None if first_banned is None else self._ban_first(first_banned),
         )
         try:
             for token in stream:
@@ -150,6 +162,21 @@ class LoadedModel:
                     return
         finally:
             stream.close()
+
+    @staticmethod
+    def _ban_first(banned: np.ndarray):
+        from llama_cpp import LogitsProcessorList
+
+        calls = 0
+
+        def ban(_input_ids, logits):
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                logits[banned] = -np.inf
+            return logits
+
+        return LogitsProcessorList([ban])
 
     def close(self) -> None:
         if getattr(self, "llm", None) is None:

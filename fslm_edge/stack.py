@@ -16,10 +16,11 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .calculator import Calculator
 from .config import StackConfig, StageConfig, load_stack_config
 from .engine import LoadedModel, ModelPool
 from .errors import ContextOverflowError, InputError
@@ -205,7 +206,7 @@ class Stack:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         generated = 0
         reason = "length"
-        for token in model.generate(tokens, stage.sampling, self._cancel):
+        for token in self._stage_tokens(stage, model, tokens):
             generated += 1
             if first is None:
                 first = time.perf_counter()
@@ -236,6 +237,35 @@ class Stack:
         text = "".join(pieces).strip()
         yield StageEnd(stage.name, text, prompt, stats)
         return StageOutput(stage.name, prompt, text, stats)
+
+    def _stage_tokens(self, stage: StageConfig, model: LoadedModel, prompt: list[int]) -> Iterator[int]:
+        """The stage's output token ids: sampled ones and, with ``calculator = true``,
+        the values the runtime computes after an ``<expression> =``; generation then
+        resumes after the value (the prompt's cached keys and values are reused)."""
+        if not stage.calculator:
+            yield from model.generate(prompt, stage.sampling, self._cancel)
+            return
+        calculator = Calculator()
+        output: list[int] = []
+        budget = stage.sampling.max_tokens
+        banned = None  # after a written value: no digit, so the model cannot lengthen the number
+        while len(output) < budget:
+            sampling = replace(stage.sampling, max_tokens=budget - len(output))
+            written: list[int] = []
+            for token in model.generate(prompt + output, sampling, self._cancel, banned):
+                output.append(token)
+                yield token
+                value = calculator.feed(model.llm.detokenize([token]))
+                written = model.tokenize_plain(value) if value else []
+                if written and len(output) + len(written) <= budget:
+                    break
+                written = []  # a value is written whole or not at all
+            if not written:
+                return  # end of text, max_tokens or cancelled
+            calculator.wrote(value)
+            banned = model.digit_tokens()
+            output += written
+            yield from written
 
     def _fit_prompt(self, stage: StageConfig, model: LoadedModel, values: dict[str, str]):
         """Render the prompt; if it overflows the context, cut upstream stage

@@ -23,7 +23,8 @@ def stages_fingerprint(context_size: int, stages: Sequence[StageConfig], extra: 
     parts = []
     for s in stages:
         adapter = file_sha256(s.adapter) if s.adapter is not None else None
-        parts.append([s.name, s.template, s.model, s.system, s.chat, repr(s.sampling), adapter, s.adapter_scale])
+        part = [s.name, s.template, s.model, s.system, s.chat, repr(s.sampling), adapter, s.adapter_scale]
+        parts.append(part + ["calculator"] if s.calculator else part)  # (older caches stay valid)
     text = json.dumps([context_size, parts])
     return f"{text}\n{extra}" if extra else text
 

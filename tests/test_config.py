@@ -60,6 +60,14 @@ def test_show_choices_defaults_on_and_must_be_a_bool():
     assert "show_choices" in str(error_of(GOOD.replace("[stack]", "[stack]\nshow_choices = 1")))
 
 
+def test_calculator_defaults_off_and_must_be_a_bool():
+    assert not any(stage.calculator for stage in parse(GOOD).stages)
+    assert parse(GOOD.replace("max_tokens = 8", "calculator = true")).stage("recall").calculator is True
+    assert parse(GOOD, {"answer.calculator": True}).stage("answer").calculator is True
+    err = error_of(GOOD.replace("max_tokens = 8", 'calculator = "yes"'))
+    assert "'calculator'" in str(err) and "true or false" in str(err) and err.line is not None
+
+
 def test_unknown_stack_key_and_table():
     assert "did you mean 'context_size'" in str(error_of(GOOD.replace("context_size", "context_sise")))
     assert "did you mean 'stage'" in str(error_of(GOOD.replace("[[stage]]", "[[stages]]")))

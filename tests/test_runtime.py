@@ -224,3 +224,28 @@ def test_stages_on_different_models_load_each_once(make_stack):
         assert sorted(m.info.architecture for m in stack.models) == ["gemma3", "llama"]
         result = stack.run("x")
     assert all(s.stats.generated_tokens > 0 for s in result.stages)
+
+
+CALCULATOR_STAGE = """
+[[stage]]
+name = "solve"
+template = "Write the multiplication 4817 * 2963 and its result, as: a * b = c"
+max_tokens = 24
+calculator = true
+"""
+
+
+def test_calculator_writes_the_value_and_the_model_goes_on(make_stack):
+    path = make_stack(CALCULATOR_STAGE)
+    with Stack.load(path) as stack:
+        with_calculator = stack.run("go").stages[0]
+    with Stack.load(path, {"solve.calculator": False}) as stack:
+        alone = stack.run("go").stages[0]
+    # The model sets the product up itself and gets it wrong; the runtime writes 4817 * 2963.
+    assert alone.text.startswith("4817 * 2963 =") and "14272771" not in alone.text
+    assert with_calculator.text.startswith("4817 * 2963 = 14272771")
+    # The value is whole (no digit may lengthen it), generation resumed after it, and the
+    # written tokens count against max_tokens.
+    rest = with_calculator.text[len("4817 * 2963 = 14272771"):]
+    assert rest and not rest[0].isdigit()
+    assert with_calculator.stats.generated_tokens == 24 and with_calculator.stats.stop_reason == "length"

@@ -1,0 +1,56 @@
+"""The stage calculator: pure logic here; a real SmolLM2 stage in test_runtime.py."""
+
+from fractions import Fraction
+
+import pytest
+
+from fslm_edge.calculator import Calculator, completion, evaluate, format_value
+
+
+@pytest.mark.parametrize("text, written", [
+    ("Natalia sold 48/2 =", " 24"),
+    ("She earned 0.2 x 50 = $", "10"),
+    ("In all 1,000 + 250 = ", "1250"),
+    ("(3 + 4) * 2 =", " 14"),
+    ("Each gets 10/3 =", " 3.33"),
+    ("So 12 × 3 ÷ 4 =", " 9"),
+    ("The cost is $12 * 4 =", " 48"),
+    ("She has 3 apples, 5 - 7 =", " -2"),
+    ("0.1 + 0.2 =", " 0.3"),
+])
+def test_a_trailing_expression_gets_its_value(text, written):
+    assert completion(text) == written
+
+
+@pytest.mark.parametrize("text", [
+    "60 - 3 = 47",          # the value is already written
+    "x = 5",                # no expression before '='
+    "She has 2x =",         # an unknown
+    "It is 5/0 =",          # division by zero
+    "It costs 20% * 5 =",   # percent signs are not guessed at
+    "2 ** 8 =",             # only + - * /
+    "(1 + 2 =",             # unbalanced
+    "Total 3 apples =",     # no operator
+    "",
+])
+def test_no_value_when_there_is_nothing_to_compute(text):
+    assert completion(text) is None
+
+
+def test_evaluate_is_exact_and_refuses_anything_but_arithmetic():
+    assert evaluate("0.1 + 0.2") == Fraction(3, 10)
+    assert evaluate("__import__('os')") is None
+    assert evaluate("a + 1") is None
+    assert evaluate("(" * 500 + "1" + ")" * 500) is None  # too deep: refused, not a crash
+    assert format_value(Fraction(7, 2)) == "3.5" and format_value(Fraction(-1, 1000)) == "0"
+
+
+def test_calculator_follows_split_bytes_and_does_not_compute_twice():
+    calc = Calculator()
+    pieces = [b"48", b" /", b" 2", b" ="]
+    written = [calc.feed(p) for p in pieces]
+    assert written == [None, None, None, " 24"]
+    calc.wrote(" 24")
+    assert calc.feed(b" clips") is None
+    euro = "€".encode()
+    assert calc.feed(euro[:1]) is None and calc.feed(euro[1:] + b" 2 + 2 =") == " 4"
