@@ -57,6 +57,8 @@ def format_value(value: Fraction) -> str:
 
 def completion(text: str) -> str | None:
     """What to write after ``text`` if it ends with ``<expression> =``; None otherwise."""
+    if not text.rstrip(" $").endswith("="):
+        return None  # the usual token: no regular expression search
     found = _TRAILING.search(text[-_TAIL_CHARS:])
     if found is None:
         return None
