@@ -32,6 +32,7 @@ class BuildOptions:
     resume: bool = False
     progress: bool = True
     threads: int | None = None
+    device: str = "cpu"
     on_step: Callable[[int, float], None] | None = None
 
 
@@ -81,6 +82,10 @@ def build_stack(stack_path: Path, options: BuildOptions) -> Iterator[StageArtifa
         raise InputError(f"--quant must be one of {', '.join(QUANT_TYPES)} or none, not '{options.quant}'")
     if not Path(options.data_dir).is_dir():
         raise InputError(f"--data-dir {options.data_dir} is not a folder")
+    if options.device != "cpu":
+        from .train import training_device
+
+        training_device(options.device)  # a missing GPU is reported before any data is read
     config = load_stack_config(stack_path)
     stages = stages_to_build(config, options.stage)
     root = Path(options.out_dir) if options.out_dir else config.base_dir / "build" / config.name
@@ -131,7 +136,8 @@ def build_stage(config: StackConfig, stage: StageConfig, options: BuildOptions, 
     hf_base = config.base_dir / stage.train.hf_base if stage.train.hf_base else None
     model = _torch_base(base, hf_base)
     trainer = Trainer(model, data, stage.train, folder, pad_id, max_steps=options.max_steps,
-                      progress=options.progress, on_step=options.on_step, threads=options.threads)
+                      progress=options.progress, on_step=options.on_step, threads=options.threads,
+                      device=options.device)
     result = trainer.run(resume=options.resume)
     info = {**_manifest_info(config, stage, base, data, result, trainer),
             "upstream": upstream_info}

@@ -25,16 +25,19 @@ _QUANTS = click.Choice(["q4_k_m", "q8_0", "q4_0", "none"])
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Output folder (default: build/<stack name>/ beside the stack file).")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads (default: one per core, at most 8).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Torch device to train on: cpu, cuda, cuda:N or auto (CUDA when there is a GPU).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--union", is_flag=True,
               help="Instead: ONE adapter on the union of all stages' data, as many steps as all stages together.")
-def build(stack_file, data_dir, stage_name, max_steps, quant, merge, resume, out_dir, threads, no_progress, union):
+def build(stack_file, data_dir, stage_name, max_steps, quant, merge, resume, out_dir, threads, device, no_progress,
+          union):
     """Train every stage of STACK that has a [stage.train] recipe and export it."""
     from .build import BuildOptions, build_stack, stack_lines
 
     options = BuildOptions(data_dir=Path(data_dir), out_dir=Path(out_dir) if out_dir else None,
                            stage=stage_name, max_steps=max_steps, quant=quant, merge=merge, resume=resume,
-                           progress=not no_progress, threads=threads)
+                           progress=not no_progress, threads=threads, device=device)
     if union:
         from .union import build_union
 

@@ -47,11 +47,26 @@ def default_threads() -> int:
     return max(1, min(8, cores))
 
 
+def training_device(name: str):
+    """``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (CUDA when torch sees a GPU) as a torch device."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: this torch sees no CUDA GPU; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name}: not a torch device; use cpu, cuda or auto") from None
+
+
 def target_loss(model, batch):
     """Summed cross-entropy over target tokens, and their count."""
     import torch
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    batch = {key: value.to(inner.device) for key, value in batch.items()}
     hidden = inner.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                          attention_mask=batch.get("attention_mask"), use_cache=False).last_hidden_state
     labels = batch["labels"][:, 1:]
@@ -106,11 +121,13 @@ class Trainer:
     """One stage's LoRA run. ``on_step(step, loss)`` is called after each step."""
 
     def __init__(self, base_model, data: StageData, recipe: TrainRecipe, out_dir: Path, pad_id: int,
-                 max_steps: int | None = None, progress: bool = True, on_step=None, threads: int | None = None):
+                 max_steps: int | None = None, progress: bool = True, on_step=None, threads: int | None = None,
+                 device: str = "cpu"):
         import torch
         from peft import LoraConfig, get_peft_model
 
         torch.set_num_threads(threads or default_threads())
+        base_model = base_model.to(training_device(device))
         self.data, self.recipe, self.out_dir, self.pad_id = data, recipe, Path(out_dir), pad_id
         self.progress, self.on_step = progress, on_step
         torch.manual_seed(recipe.seed)
@@ -160,7 +177,7 @@ class Trainer:
         path = self.out_dir / CHECKPOINT
         if not path.is_file():
             return False
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location="cpu")
         if state["fingerprint"] != self.fingerprint:
             raise InputError(f"{path} was made with another recipe, data or step count; "
                              "rerun without --resume to start over")

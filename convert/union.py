@@ -35,8 +35,9 @@ def build_union(stack_path: Path, options: BuildOptions, name: str = "union") ->
     from .data import GGUFTokenizer, StageData, load_stage_data
     from .export import export_lora
     from .gguf_torch import load_torch_base
-    from .train import Trainer
+    from .train import Trainer, training_device
 
+    training_device(options.device)  # a missing GPU is reported before any data is read
     config = load_stack_config(stack_path)
     stages = [s for s in config.stages if s.train is not None]
     if len(stages) < 2:
@@ -64,7 +65,7 @@ def build_union(stack_path: Path, options: BuildOptions, name: str = "union") ->
                                                                                     for x in s.train.data))
     folder = ensure_writable(root / name)
     trainer = Trainer(load_torch_base(base), data, recipe, folder, pad_id, progress=options.progress,
-                      on_step=options.on_step, threads=options.threads)
+                      on_step=options.on_step, threads=options.threads, device=options.device)
     result = trainer.run(resume=options.resume)
     union_stage = dataclasses.replace(stages[-1], name=name, train=recipe)
     info = {**_manifest_info(config, union_stage, base, data, result, trainer),

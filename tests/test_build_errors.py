@@ -291,3 +291,33 @@ def test_cli_build_prints_stack_lines_and_errors_are_one_line(tiny, tmp_path):
     assert (tmp_path / "q.gguf.manifest.json").is_file()
     result = runner.invoke(main, ["export-lora", str(tmp_path), "--base", str(tiny), "--out", str(tmp_path / "y")])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "not a PEFT adapter folder" in result.output
+
+
+def test_training_device_choice():
+    import torch
+
+    from convert.train import training_device
+
+    assert training_device("cpu") == torch.device("cpu")
+    assert training_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="not a torch device"):
+        training_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="sees no CUDA GPU; use --device cpu"):
+            training_device("cuda")
+
+
+def test_cli_build_device_without_gpu_is_one_line(tiny, tmp_path):
+    import torch
+    from click.testing import CliRunner
+
+    from fslm_edge.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    write_jsonl(tmp_path / "qa.jsonl", QA_ROWS[:12])
+    stack = write_stack(tmp_path, tiny, DATA)
+    result = CliRunner().invoke(main, ["build", str(stack), "--data-dir", str(tmp_path), "--max-steps", "1",
+                                       "--out", str(tmp_path / "o"), "--no-progress", "--device", "cuda"])
+    assert result.exit_code != 0 and result.output.count("\n") == 1, result.output
+    assert "--device cuda" in result.output
