@@ -41,7 +41,7 @@ def _earlier_config(config: StackConfig, stage: StageConfig, adapters: Mapping[s
         bad = "input" if "input" in wanted else unknown[0]
         raise InputError(f"stage '{stage.name}': fields = {{ {bad} = \"@model\" }}: '@model' fills only the "
                          f"output of an earlier stage ({', '.join(s.name for s in earlier) or 'none here'})")
-    stages = tuple(dataclasses.replace(s, adapter=adapters.get(s.name, s.adapter),
+    stages = tuple(dataclasses.replace(s, adapter=adapters.get(s.name, s.adapter), samples=1,
                                        sampling=dataclasses.replace(s.sampling, temperature=0.0))
                    for s in earlier)
     return dataclasses.replace(config, stages=stages)

@@ -52,6 +52,9 @@ class StageConfig:
     train: TrainRecipe | None = None
     # Write the value after "<arithmetic expression> =" instead of letting the model compute it.
     calculator: bool = False
+    # Self-consistency: > 1 runs this stage (sampled, seeds seed, seed + 1, ...) and every later
+    # stage that many times; the most common final answer wins.
+    samples: int = 1
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -135,6 +138,7 @@ _STAGE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "chat": ((bool,), "true or false"),
     "system": ((str,), "a string"),
     "calculator": ((bool,), "true or false"),
+    "samples": ((int,), "an integer >= 1"),
     "max_tokens": ((int,), "a positive integer"),
     "temperature": ((int, float), "a number >= 0"),
     "top_p": ((int, float), "a number in (0, 1]"),
@@ -275,6 +279,11 @@ def _build_config(data: dict, ctx: _Context) -> StackConfig:
     stages: list[StageConfig] = []
     for index, table in enumerate(stage_tables):
         stages.append(_build_stage(table, index, [s.name for s in stages], all_names, default_model, ctx))
+    voting = [i for i, s in enumerate(stages) if s.samples > 1]
+    if len(voting) > 1:
+        raise ctx.error(f"stage '{stages[voting[1]].name}': only one stage may set samples > 1 (stage "
+                        f"'{stages[voting[0]].name}' does; its later stages already run once per sample)",
+                        "samples", voting[1])
     return StackConfig(
         path=ctx.path.resolve(),
         name=stack["name"],
@@ -334,7 +343,18 @@ def _build_stage(table: Any, index: int, earlier: list[str], all_names: set, def
         sampling=sampling,
         train=train,
         calculator=table.get("calculator", False),
+        samples=_samples(table, sampling, what, index, ctx),
     )
+
+
+def _samples(table: dict, sampling: Sampling, what: str, index: int, ctx: _Context) -> int:
+    samples = table.get("samples", 1)
+    if samples < 1:
+        raise ctx.error(f"{what}: 'samples' must be an integer >= 1, not {samples!r}", "samples", index)
+    if samples > 1 and sampling.temperature <= 0:
+        raise ctx.error(f"{what}: samples = {samples} needs temperature > 0 (at 0 every sample is the same); "
+                        "set e.g. temperature = 0.7", "samples", index)
+    return samples
 
 
 def _build_sampling(table: dict, what: str, index: int, ctx: _Context) -> Sampling:

@@ -2,7 +2,9 @@
 
 ``StageStart`` -> ``TextDelta``* -> ``StageEnd`` for every stage (with a
 ``ContextWarning`` before ``StageStart`` when upstream text had to be cut),
-then one ``StackResult``.
+then one ``StackResult``. With ``samples = k`` on a stage, that stage and each
+later one run k times (``sample`` 1..k, one stage at a time for all samples);
+``sample`` is 0 for a stage that runs once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ class StageStart:
     stage: str
     index: int
     prompt: str
+    sample: int = 0
     type: str = "stage_start"
 
 
@@ -41,6 +44,7 @@ class StageEnd:
     text: str
     prompt: str
     stats: StageStats
+    sample: int = 0
     type: str = "stage_end"
 
 
@@ -58,20 +62,28 @@ class StageOutput:
     prompt: str
     text: str
     stats: StageStats
+    sample: int = 0
 
 
 @dataclass(frozen=True)
 class StackResult:
+    """``stages``: every stage output in run order, every sample's included.
+    ``votes``: each sample's final text (empty without ``samples``);
+    ``answer`` is the winner's, from sample ``chosen_sample``."""
+
     question: str
     stages: tuple[StageOutput, ...]
     answer: str
     seconds: float
     cancelled: bool = False
+    votes: tuple[str, ...] = ()
+    chosen_sample: int = 0
     type: str = "result"
 
     def stage(self, name: str) -> StageOutput:
+        """The stage's output (for a sampled stage: the chosen sample's)."""
         for out in self.stages:
-            if out.name == name:
+            if out.name == name and out.sample in (0, self.chosen_sample):
                 return out
         raise KeyError(name)
 

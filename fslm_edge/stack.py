@@ -28,6 +28,7 @@ from .events import ContextWarning, Event, StackResult, StageEnd, StageOutput, S
 from .models import resolve_model
 from .prompts import stage_prompt
 from .stopping import StopMatcher
+from .voting import majority
 
 
 @dataclass
@@ -56,6 +57,14 @@ def _last_value(generator):
             next(generator)
         except StopIteration as stop:
             return stop.value
+
+
+def _first_sample(binding: _Binding) -> _Binding:
+    """A stage with ``samples`` > 1 as it runs for its first sample."""
+    if binding.config.samples == 1:
+        return binding
+    sampling = replace(binding.config.sampling, seed=binding.config.sampling.seed or 0)
+    return _Binding(replace(binding.config, sampling=sampling), binding.model)
 
 
 def _bind(config: StackConfig, pool: ModelPool) -> list[_Binding]:
@@ -169,7 +178,7 @@ class Stack:
                 if upstream is not None:
                     values[binding.config.name] = upstream[binding.config.name]
                     continue
-                output = _last_value(self._run_stage(index, binding, values))
+                output = _last_value(self._run_stage(index, _first_sample(binding), values))
                 outputs.append(output)
                 values[binding.config.name] = output.text
             final = self._bindings[-1]
@@ -183,22 +192,50 @@ class Stack:
             started = time.perf_counter()
             values: dict[str, str] = {"input": question}
             outputs: list[StageOutput] = []
-            for index, binding in enumerate(self._bindings):
-                stage = binding.config
+            voting = next((i for i, b in enumerate(self._bindings) if b.config.samples > 1), len(self._bindings))
+            for index, binding in enumerate(self._bindings[:voting]):
                 output = yield from self._run_stage(index, binding, values)
                 outputs.append(output)
-                values[stage.name] = output.text
+                values[binding.config.name] = output.text
                 if output.stats.stop_reason == "cancelled":
                     break
+            votes: tuple[str, ...] = ()
+            chosen = 0
+            if voting < len(self._bindings) and not self._cancel.is_set():
+                votes, chosen = yield from self._run_samples(voting, values, outputs)
             cancelled = self._cancel.is_set()
-            answer = outputs[-1].text if outputs and not cancelled else ""
-            yield StackResult(question, tuple(outputs), answer, time.perf_counter() - started, cancelled)
+            final = [o for o in outputs if o.sample in (0, chosen)]
+            answer = final[-1].text if final and not cancelled else ""
+            yield StackResult(question, tuple(outputs), answer, time.perf_counter() - started, cancelled,
+                              votes, chosen)
 
-    def _run_stage(self, index: int, binding: _Binding, values: dict[str, str]):
+    def _run_samples(self, first: int, values: dict[str, str], outputs: list[StageOutput]):
+        """Self-consistency: stage ``first`` and every later stage once per sample,
+        one stage at a time for all samples (the sampled stage's prompt is then
+        decoded once); sample i draws with seed ``seed + i - 1``. Returns each
+        sample's final text and the majority's sample number."""
+        sampled = self._bindings[first]
+        count, seed = sampled.config.samples, sampled.config.sampling.seed or 0
+        chains = [dict(values) for _ in range(count)]
+        for index in range(first, len(self._bindings)):
+            binding = self._bindings[index]
+            for sample, chain in enumerate(chains, start=1):
+                if index == first:
+                    sampling = replace(sampled.config.sampling, seed=seed + sample - 1)
+                    binding = _Binding(replace(sampled.config, sampling=sampling), sampled.model)
+                output = yield from self._run_stage(index, binding, chain, sample)
+                outputs.append(output)
+                chain[binding.config.name] = output.text
+                if self._cancel.is_set():
+                    return (), 0
+        finals = tuple(chain[self._bindings[-1].config.name] for chain in chains)
+        return finals, majority(finals) + 1
+
+    def _run_stage(self, index: int, binding: _Binding, values: dict[str, str], sample: int = 0):
         stage, model = binding.config, binding.model
         model.use_adapter(stage.adapter, stage.adapter_scale)
         prompt, tokens = yield from self._fit_prompt(stage, model, values)
-        yield StageStart(stage.name, index, prompt)
+        yield StageStart(stage.name, index, prompt, sample)
         started = time.perf_counter()
         first = None
         pieces: list[str] = []
@@ -235,8 +272,8 @@ class Stack:
             seconds=ended - started, stop_reason=reason,
         )
         text = "".join(pieces).strip()
-        yield StageEnd(stage.name, text, prompt, stats)
-        return StageOutput(stage.name, prompt, text, stats)
+        yield StageEnd(stage.name, text, prompt, stats, sample)
+        return StageOutput(stage.name, prompt, text, stats, sample)
 
     def _stage_tokens(self, stage: StageConfig, model: LoadedModel, prompt: list[int]) -> Iterator[int]:
         """The stage's output token ids: sampled ones and, with ``calculator = true``,

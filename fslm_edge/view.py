@@ -27,7 +27,8 @@ def render_events(events: Iterable[Event], console: Console | None = None, show_
         if isinstance(event, ContextWarning):
             console.print(f"[yellow]warning:[/] {event.message}")
         elif isinstance(event, StageStart) and show_stages:
-            console.rule(f"[bold cyan]{event.stage}[/]", align="left")
+            sample = f" [dim]· sample {event.sample}[/]" if event.sample else ""
+            console.rule(f"[bold cyan]{event.stage}[/]{sample}", align="left")
             if show_prompts:
                 console.print(Panel(Text(event.prompt), title="prompt", border_style="dim"))
         elif isinstance(event, TextDelta) and show_stages:
@@ -41,6 +42,9 @@ def render_events(events: Iterable[Event], console: Console | None = None, show_
             if event.cancelled:
                 console.print("[yellow]cancelled[/]")
             else:
+                if event.votes:
+                    console.print(f"[dim]votes: {' | '.join(v or '(empty)' for v in event.votes)} → "
+                                  f"sample {event.chosen_sample}[/]")
                 console.print(Panel(Text(event.answer or "(empty)"), title="answer", border_style="green",
                                     subtitle=f"{event.seconds:.2f} s"))
     return result
@@ -52,7 +56,8 @@ def stats_table(result: StackResult) -> Table:
         table.add_column(column, justify="right" if column != "stage" else "left")
     for out in result.stages:
         s = out.stats
-        table.add_row(out.name, str(s.prompt_tokens), str(s.generated_tokens),
+        name = f"{out.name} #{out.sample}" if out.sample else out.name
+        table.add_row(name, str(s.prompt_tokens), str(s.generated_tokens),
                       f"{s.time_to_first_token_s * 1000:.0f} ms", f"{s.tokens_per_s:.1f}", f"{s.seconds:.2f}",
                       s.stop_reason)
     return table

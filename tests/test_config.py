@@ -178,3 +178,13 @@ def test_structured_stage_tables_only_raise_our_error(table):
         parse(f'[stack]\nname = "x"\n\n[[stage]]\n{body}\n')
     except FslmError:
         pass
+
+
+def test_samples_default_one_and_need_sampling():
+    assert all(stage.samples == 1 for stage in parse(GOOD).stages)
+    assert parse(GOOD, {"answer.samples": 5}).stage("answer").samples == 5
+    err = error_of(GOOD, {"recall.samples": 3})  # recall is greedy
+    assert "samples = 3 needs temperature > 0" in str(err)
+    assert "'samples' must be an integer >= 1" in str(error_of(GOOD, {"answer.samples": 0}))
+    err = error_of(GOOD, {"recall.samples": 2, "recall.temperature": 0.7, "answer.samples": 2})
+    assert "only one stage may set samples > 1" in str(err) and "'recall'" in str(err)

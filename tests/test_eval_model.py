@@ -185,3 +185,17 @@ def test_stack_variant_changing_only_the_last_stage_reuses_earlier_stage_texts(t
     # After "Answer:" (no chat turn) each choice is scored with a leading space, as training writes it.
     example = by_target[plain][0]
     assert example["choice_bytes"] == [len(c.encode()) + 1 for c in MC_ROWS[0]["choices"]]
+
+
+def test_cli_stack_with_samples_votes_on_generative_tasks(tmp_path):
+    stack = tmp_path / "tiny.toml"
+    stack.write_text(STACK.replace('max_tokens = 6', 'max_tokens = 6\ntemperature = 1.0\nsamples = 3'))
+    data = write_jsonl(tmp_path / "gen.jsonl", GEN_ROWS)
+    out = tmp_path / "v.json"
+    result = _run(["eval", str(stack), "--data", str(data), "--format", "gen", "--out", str(out), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    example = json.loads(out.read_text())["results"][0]["examples"][0]
+    assert len(example["votes"]) == 3 and example["output"] == example["votes"][example["chosen_sample"] - 1]
+    assert [(s["name"], s["sample"]) for s in example["stages"]] == [
+        ("hint", 1), ("hint", 2), ("hint", 3), ("answer", 1), ("answer", 2), ("answer", 3)]
+    assert len({s["text"] for s in example["stages"][:3]}) > 1  # the eval kept the sampling

@@ -249,3 +249,34 @@ def test_calculator_writes_the_value_and_the_model_goes_on(make_stack):
     rest = with_calculator.text[len("4817 * 2963 = 14272771"):]
     assert rest and not rest[0].isdigit()
     assert with_calculator.stats.generated_tokens == 24 and with_calculator.stats.stop_reason == "length"
+
+
+SAMPLED_STACK = """
+[[stage]]
+name = "guess"
+template = "Name one colour."
+temperature = 1.0
+max_tokens = 6
+samples = 3
+
+[[stage]]
+name = "answer"
+template = "Repeat the colour in this text as one word: {guess}"
+max_tokens = 4
+"""
+
+
+def test_samples_run_the_tail_per_sample_and_vote(make_stack):
+    with Stack.load(make_stack(SAMPLED_STACK)) as stack:
+        events = list(stack.stream("go"))
+        again = stack.run("go")
+    starts = [(e.stage, e.sample) for e in events if isinstance(e, StageStart)]
+    # One stage at a time for all samples; seeds 0, 1, 2 so the run repeats exactly.
+    assert starts == [("guess", 1), ("guess", 2), ("guess", 3), ("answer", 1), ("answer", 2), ("answer", 3)]
+    result = events[-1]
+    assert len(result.votes) == 3 and again.votes == result.votes
+    assert result.answer == result.votes[result.chosen_sample - 1]
+    assert result.stage("answer").sample == result.chosen_sample
+    assert [o.sample for o in result.stages] == [1, 2, 3, 1, 2, 3]
+    guesses = {o.text for o in result.stages if o.name == "guess"}
+    assert len(guesses) > 1  # sampled, not three greedy copies

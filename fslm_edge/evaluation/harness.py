@@ -122,17 +122,21 @@ class ModelTarget:
 
 class StackTarget:
     """A stack file: upstream stages run at temperature 0, then the final
-    stage's prompt is the context the choices are scored against."""
+    stage's prompt is the context the choices are scored against. A stage with
+    ``samples`` > 1 keeps its sampling (seeded, so reproducible) and votes on
+    generative tasks; multiple-choice scoring runs its first sample only."""
 
     kind = "stack"
 
     def __init__(self, ref: str, cache_folder: Path | None = None):
-        from ..config import split_stack_ref
+        from ..config import load_stack_config, split_stack_ref
         from ..stack import Stack
 
         self.name = ref
         path, overrides = split_stack_ref(ref)
-        self.stack = Stack.load(path, {**overrides, "*.temperature": 0.0})
+        config = load_stack_config(path, overrides)
+        greedy = {f"{s.name}.temperature": 0.0 for s in config.stages if s.samples == 1}
+        self.stack = Stack.load(path, {**overrides, **greedy})
         parts = [Path(path).read_text(encoding="utf-8"), repr(sorted(overrides.items()))]
         parts += [_stat(m.path) for m in self.stack.models]
         parts += [_stat(s.adapter) for s in self.stack.config.stages if s.adapter is not None]
@@ -146,7 +150,7 @@ class StackTarget:
     @staticmethod
     def _stages(outputs) -> list[dict]:
         return [{"name": o.name, "text": o.text, "generated_tokens": o.stats.generated_tokens,
-                 "seconds": o.stats.seconds} for o in outputs]
+                 "seconds": o.stats.seconds, **({"sample": o.sample} if o.sample else {})} for o in outputs]
 
     def _context(self, stack_input: str):
         """The final stage's scoring context and the earlier stages' records,
@@ -177,6 +181,9 @@ class StackTarget:
         result = self.stack.run(task.stack_input(example, self.stack.config.show_choices))
         stages = self._stages(result.stages)
         record = gen_record(example, result.answer)
+        if result.votes:
+            record["votes"] = list(result.votes)
+            record["chosen_sample"] = result.chosen_sample
         return {**record, "generated_tokens": sum(s["generated_tokens"] for s in stages), "stages": stages}
 
     def close(self) -> None:

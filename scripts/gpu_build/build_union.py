@@ -26,7 +26,8 @@ def main():
     cdata.GGUFTokenizer = rm.TokShim
     cunion.resolve_model = lambda name, base_dir: rm.BASE
     options = BuildOptions(data_dir=Path(os.environ.get("DATA", ".gpu/data")), out_dir=Path(sys.argv[1]),
-                           progress=False, device=rm.DEV, threads=8, max_steps=int(os.environ.get("MAX_STEPS", 0)) or None)
+                           progress=False, device=rm.DEV, threads=8,
+                           max_steps=int(os.environ.get("MAX_STEPS", 0)) or None)
     art = cunion.build_union(Path(os.environ.get("STACK", "stacks/qa.toml")), options)
     print("built", art.adapter, art.steps, art.train_loss, art.val_loss, flush=True)
 
