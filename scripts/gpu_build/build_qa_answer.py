@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 sys.modules["llama_cpp"] = None
 sys.path.insert(0, os.getcwd())
@@ -79,11 +80,12 @@ def main():
     if missing:
         recall, reason = config.stages[0], config.stages[1]
         shim = rm.TokShim(rm.BASE)
-        ad = Path(os.environ.get("ADAPTERS", "/root/qa"))
+        ad = Path(os.environ.get("ADAPTERS", ".gpu/qa"))
         base = load_torch_base(rm.BASE).to(DEV).eval()
-        recall_dir = clean_adapter(ad / "recall", Path("/tmp/ad/recall"))
+        scratch = Path(tempfile.mkdtemp(prefix="fslm-adapters-"))
+        recall_dir = clean_adapter(ad / "recall", scratch / "recall")
         model = PeftModel.from_pretrained(base, str(recall_dir), adapter_name="recall")
-        model.load_adapter(str(clean_adapter(ad / "reason", Path("/tmp/ad/reason"))), adapter_name="reason")
+        model.load_adapter(str(clean_adapter(ad / "reason", scratch / "reason")), adapter_name="reason")
         model.eval()
         up = cup.UpstreamOutputs(config, stage, folder / "upstream.jsonl")
         batch = int(os.environ.get("BATCH", "384"))
