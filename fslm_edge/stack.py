@@ -59,11 +59,12 @@ def _last_value(generator):
             return stop.value
 
 
-def _first_sample(binding: _Binding) -> _Binding:
-    """A stage with ``samples`` > 1 as it runs for its first sample."""
+def _as_sample(binding: _Binding, sample: int) -> _Binding:
+    """A stage with ``samples`` > 1 as it runs for sample ``sample`` (1..k): seed
+    ``seed + sample - 1``, ``seed`` defaulting to 0. Other stages are unchanged."""
     if binding.config.samples == 1:
         return binding
-    sampling = replace(binding.config.sampling, seed=binding.config.sampling.seed or 0)
+    sampling = replace(binding.config.sampling, seed=(binding.config.sampling.seed or 0) + sample - 1)
     return _Binding(replace(binding.config, sampling=sampling), binding.model)
 
 
@@ -178,7 +179,7 @@ class Stack:
                 if upstream is not None:
                     values[binding.config.name] = upstream[binding.config.name]
                     continue
-                output = _last_value(self._run_stage(index, _first_sample(binding), values))
+                output = _last_value(self._run_stage(index, _as_sample(binding, 1), values))
                 outputs.append(output)
                 values[binding.config.name] = output.text
             final = self._bindings[-1]
@@ -212,17 +213,12 @@ class Stack:
     def _run_samples(self, first: int, values: dict[str, str], outputs: list[StageOutput]):
         """Self-consistency: stage ``first`` and every later stage once per sample,
         one stage at a time for all samples (the sampled stage's prompt is then
-        decoded once); sample i draws with seed ``seed + i - 1``. Returns each
-        sample's final text and the majority's sample number."""
-        sampled = self._bindings[first]
-        count, seed = sampled.config.samples, sampled.config.sampling.seed or 0
-        chains = [dict(values) for _ in range(count)]
+        decoded once). Returns each sample's final text and the majority's
+        sample number."""
+        chains = [dict(values) for _ in range(self._bindings[first].config.samples)]
         for index in range(first, len(self._bindings)):
-            binding = self._bindings[index]
             for sample, chain in enumerate(chains, start=1):
-                if index == first:
-                    sampling = replace(sampled.config.sampling, seed=seed + sample - 1)
-                    binding = _Binding(replace(sampled.config, sampling=sampling), sampled.model)
+                binding = _as_sample(self._bindings[index], sample)
                 output = yield from self._run_stage(index, binding, chain, sample)
                 outputs.append(output)
                 chain[binding.config.name] = output.text
