@@ -53,8 +53,10 @@ class StageConfig:
     # Write the value after "<arithmetic expression> =" instead of letting the model compute it.
     calculator: bool = False
     # Self-consistency: > 1 runs this stage (sampled, seeds seed, seed + 1, ...) and every later
-    # stage that many times; the most common final answer wins.
+    # stage that many times; ``select`` picks the answer: "majority" (the most common final
+    # answer) or "likelihood" (the sample whose text for this stage its model finds most likely).
     samples: int = 1
+    select: str = "majority"
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -139,6 +141,7 @@ _STAGE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "system": ((str,), "a string"),
     "calculator": ((bool,), "true or false"),
     "samples": ((int,), "an integer >= 1"),
+    "select": ((str,), '"majority" or "likelihood"'),
     "max_tokens": ((int,), "a positive integer"),
     "temperature": ((int, float), "a number >= 0"),
     "top_p": ((int, float), "a number in (0, 1]"),
@@ -149,6 +152,7 @@ _STAGE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "stop": ((list,), "a list of strings"),
     "train": ((dict,), "a table (the stage's training recipe)"),
 }
+SELECTORS = ("majority", "likelihood")
 _SAMPLING_KEYS = {f.name for f in dataclasses.fields(Sampling)}
 _TOP_KEYS = ("stack", "stage")
 
@@ -344,6 +348,7 @@ def _build_stage(table: Any, index: int, earlier: list[str], all_names: set, def
         train=train,
         calculator=table.get("calculator", False),
         samples=_samples(table, sampling, what, index, ctx),
+        select=_select(table, what, index, ctx),
     )
 
 
@@ -355,6 +360,15 @@ def _samples(table: dict, sampling: Sampling, what: str, index: int, ctx: _Conte
         raise ctx.error(f"{what}: samples = {samples} needs temperature > 0 (at 0 every sample is the same); "
                         "set e.g. temperature = 0.7", "samples", index)
     return samples
+
+
+def _select(table: dict, what: str, index: int, ctx: _Context) -> str:
+    select = table.get("select", "majority")
+    if select not in SELECTORS:
+        raise ctx.error(f"{what}: unknown select {select!r}{_suggest(select, SELECTORS)}", "select", index)
+    if "select" in table and table.get("samples", 1) == 1:
+        raise ctx.error(f"{what}: 'select' picks among samples; set samples > 1 (e.g. samples = 5)", "select", index)
+    return select
 
 
 def _build_sampling(table: dict, what: str, index: int, ctx: _Context) -> Sampling:

@@ -69,7 +69,9 @@ class StageOutput:
 class StackResult:
     """``stages``: every stage output in run order, every sample's included.
     ``votes``: each sample's final text (empty without ``samples``);
-    ``answer`` is the winner's, from sample ``chosen_sample``."""
+    ``answer`` is the winner's, from sample ``chosen_sample``.
+    ``sample_logprobs``: with ``select = "likelihood"``, each sample's summed
+    log-probability of its sampled-stage text (the highest wins)."""
 
     question: str
     stages: tuple[StageOutput, ...]
@@ -78,6 +80,7 @@ class StackResult:
     cancelled: bool = False
     votes: tuple[str, ...] = ()
     chosen_sample: int = 0
+    sample_logprobs: tuple[float, ...] = ()
     type: str = "result"
 
     def stage(self, name: str) -> StageOutput:

@@ -28,7 +28,8 @@ from .events import ContextWarning, Event, StackResult, StageEnd, StageOutput, S
 from .models import resolve_model
 from .prompts import stage_prompt
 from .stopping import StopMatcher
-from .voting import majority
+from .evaluation.scoring import ChoiceScorer, split_continuation
+from .voting import majority, most_likely
 
 
 @dataclass
@@ -201,21 +202,25 @@ class Stack:
                 if output.stats.stop_reason == "cancelled":
                     break
             votes: tuple[str, ...] = ()
+            logprobs: tuple[float, ...] = ()
             chosen = 0
             if voting < len(self._bindings) and not self._cancel.is_set():
-                votes, chosen = yield from self._run_samples(voting, values, outputs)
+                votes, logprobs, chosen = yield from self._run_samples(voting, values, outputs)
             cancelled = self._cancel.is_set()
             final = [o for o in outputs if o.sample in (0, chosen)]
             answer = final[-1].text if final and not cancelled else ""
             yield StackResult(question, tuple(outputs), answer, time.perf_counter() - started, cancelled,
-                              votes, chosen)
+                              votes, chosen, logprobs)
 
     def _run_samples(self, first: int, values: dict[str, str], outputs: list[StageOutput]):
         """Self-consistency: stage ``first`` and every later stage once per sample,
         one stage at a time for all samples (the sampled stage's prompt is then
-        decoded once). Returns each sample's final text and the majority's
-        sample number."""
-        chains = [dict(values) for _ in range(self._bindings[first].config.samples)]
+        decoded once). Returns each sample's final text, with ``select =
+        "likelihood"`` each sample's log-probability of its text for stage
+        ``first`` (else empty), and the chosen sample's number."""
+        sampled = self._bindings[first]
+        chains = [dict(values) for _ in range(sampled.config.samples)]
+        logprobs: tuple[float, ...] = ()
         for index in range(first, len(self._bindings)):
             for sample, chain in enumerate(chains, start=1):
                 binding = _as_sample(self._bindings[index], sample)
@@ -223,9 +228,23 @@ class Stack:
                 outputs.append(output)
                 chain[binding.config.name] = output.text
                 if self._cancel.is_set():
-                    return (), 0
+                    return (), (), 0
+            if index == first and sampled.config.select == "likelihood":
+                logprobs = self._text_logprobs(sampled, outputs[-1].prompt, [c[sampled.config.name] for c in chains])
         finals = tuple(chain[self._bindings[-1].config.name] for chain in chains)
-        return finals, majority(finals) + 1
+        chosen = most_likely(logprobs) if logprobs else majority(finals)
+        return finals, logprobs, chosen + 1
+
+    @staticmethod
+    def _text_logprobs(binding: _Binding, prompt: str, texts: list[str]) -> tuple[float, ...]:
+        """Summed log-probability of each text as the stage's output after
+        ``prompt``, under the stage's model and adapter (temperature 1); the
+        prompt is decoded once (it is still in the KV cache)."""
+        model = binding.model
+        model.use_adapter(binding.config.adapter, binding.config.adapter_scale)
+        context = model.tokenize(prompt)
+        continuations = [split_continuation(model, prompt, text)[1] if text else [] for text in texts]
+        return tuple(score.logprob for score in ChoiceScorer(model).score(context, continuations))
 
     def _run_stage(self, index: int, binding: _Binding, values: dict[str, str], sample: int = 0):
         stage, model = binding.config, binding.model

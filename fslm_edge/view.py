@@ -43,11 +43,20 @@ def render_events(events: Iterable[Event], console: Console | None = None, show_
                 console.print("[yellow]cancelled[/]")
             else:
                 if event.votes:
-                    console.print(f"[dim]votes: {' | '.join(v or '(empty)' for v in event.votes)} → "
-                                  f"sample {event.chosen_sample}[/]")
+                    console.print(f"[dim]{votes_line(event)}[/]")
                 console.print(Panel(Text(event.answer or "(empty)"), title="answer", border_style="green",
                                     subtitle=f"{event.seconds:.2f} s"))
     return result
+
+
+def votes_line(result: StackResult) -> str:
+    """Each sample's final answer (with its log-probability when chosen by
+    likelihood) and the chosen sample."""
+    answers = [v or "(empty)" for v in result.votes]
+    if result.sample_logprobs:
+        answers = [f"{a} ({lp:.1f})" for a, lp in zip(answers, result.sample_logprobs)]
+        return f"samples by likelihood: {' | '.join(answers)} → sample {result.chosen_sample}"
+    return f"votes: {' | '.join(answers)} → sample {result.chosen_sample}"
 
 
 def stats_table(result: StackResult) -> Table:

@@ -1,6 +1,7 @@
 """Self-consistency (Wang et al. 2022): several sampled chains, the most common
 final answer wins. Answers are compared after light normalization so that
-"1,200", "1200." and " 1200" count as one."""
+"1,200", "1200." and " 1200" count as one. Or the most likely chain wins
+(``select = "likelihood"``)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,8 @@ def majority(answers: Sequence[str]) -> int:
         return 0
     best = max(counts.values())
     return next(i for i, k in enumerate(keys) if k and counts[k] == best)
+
+
+def most_likely(logprobs: Sequence[float]) -> int:
+    """Index of the highest log-probability, ties to the earliest."""
+    return max(range(len(logprobs)), key=lambda i: (logprobs[i], -i))

@@ -188,3 +188,12 @@ def test_samples_default_one_and_need_sampling():
     assert "'samples' must be an integer >= 1" in str(error_of(GOOD, {"answer.samples": 0}))
     err = error_of(GOOD, {"recall.samples": 2, "recall.temperature": 0.7, "answer.samples": 2})
     assert "only one stage may set samples > 1" in str(err) and "'recall'" in str(err)
+
+
+def test_select_picks_among_samples_only():
+    assert parse(GOOD, {"answer.samples": 3}).stage("answer").select == "majority"
+    assert parse(GOOD, {"answer.samples": 3, "answer.select": "likelihood"}).stage("answer").select == "likelihood"
+    err = error_of(GOOD, {"answer.samples": 3, "answer.select": "likelihod"})
+    assert "unknown select 'likelihod'" in str(err) and "did you mean 'likelihood'" in str(err)
+    err = error_of(GOOD, {"answer.select": "likelihood"})
+    assert "'select' picks among samples; set samples > 1" in str(err)

@@ -123,8 +123,9 @@ class ModelTarget:
 class StackTarget:
     """A stack file: upstream stages run at temperature 0, then the final
     stage's prompt is the context the choices are scored against. A stage with
-    ``samples`` > 1 keeps its sampling (seeded, so reproducible) and votes on
-    generative tasks; multiple-choice scoring runs its first sample only."""
+    ``samples`` > 1 keeps its sampling (seeded, so reproducible) and selects
+    among the samples (its ``select``) on generative tasks; multiple-choice
+    scoring runs its first sample only."""
 
     kind = "stack"
 
@@ -184,6 +185,8 @@ class StackTarget:
         if result.votes:
             record["votes"] = list(result.votes)
             record["chosen_sample"] = result.chosen_sample
+        if result.sample_logprobs:
+            record["sample_logprobs"] = [round(lp, 4) for lp in result.sample_logprobs]
         return {**record, "generated_tokens": sum(s["generated_tokens"] for s in stages), "stages": stages}
 
     def close(self) -> None:
