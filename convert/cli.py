@@ -103,19 +103,22 @@ def merge(adapter, base, out_path, ftype, scale):
 
 
 @click.command()
-@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.argument("source")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--type", "qtype", type=click.Choice(["q4_k_m", "q8_0", "q4_0"]), default="q4_k_m", show_default=True)
+@click.option("--type", "qtype", type=click.Choice(["q4_k_m", "q8_0", "q4_0", "bf16", "f16"]), default="q4_k_m",
+              show_default=True)
 def quantize(source, out_path, qtype):
-    """Quantize an F16/F32 GGUF with llama.cpp's own quantizer."""
-    from fslm_edge.models import file_sha256
+    """Quantize an F16/F32 GGUF (a path or builtin:NAME) with llama.cpp's own
+    quantizer; bf16/f16 also take a quantized model (a fast copy for eval --batch)."""
+    from fslm_edge.models import file_sha256, resolve_model
 
     from .export import write_manifest
     from .gguf_model import quantize_gguf
 
-    path = quantize_gguf(Path(source), Path(out_path), qtype)
+    source_path = resolve_model(source)
+    path = quantize_gguf(source_path, Path(out_path), qtype)
     write_manifest(path, {"kind": "quantized", "quantization": qtype,
-                          "source": {"file": Path(source).name, "sha256": file_sha256(Path(source))}})
+                          "source": {"file": source_path.name, "sha256": file_sha256(source_path)}})
     click.echo(f"wrote {path}")
 
 

@@ -118,11 +118,14 @@ def merge_to_gguf(base: Path, lora: Mapping[str, tuple[np.ndarray, np.ndarray]],
 
 
 def quantize_gguf(src: Path, dst: Path, qtype: str, n_threads: int = 0) -> Path:
-    """Quantize with llama.cpp's ``llama_model_quantize`` (temp file + rename)."""
+    """Quantize with llama.cpp's ``llama_model_quantize`` (temp file + rename).
+    ``bf16`` and ``f16`` also take a quantized source: its weights are
+    dequantized and only rounded to 16 bits (a fast copy for batch scoring)."""
     import llama_cpp
 
     ftypes = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
-              "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0}
+              "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "bf16": llama_cpp.LLAMA_FTYPE_MOSTLY_BF16,
+              "f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16}
     if qtype not in ftypes:
         raise InputError(f"quantization must be one of {', '.join(ftypes)}, not '{qtype}'")
     dst = Path(dst)
@@ -132,6 +135,7 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, n_threads: int = 0) -> Path:
     try:
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = ftypes[qtype]
+        params.allow_requantize = qtype in ("bf16", "f16")
         params.nthread = n_threads
         from fslm_edge.engine import quiet_stderr
 

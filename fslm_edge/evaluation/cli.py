@@ -67,7 +67,7 @@ def _progress():
                     TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
 
 
-def run_all(targets, runs, lettered, threads, cache_dir, max_new_tokens=256):
+def run_all(targets, runs, lettered, threads, cache_dir, max_new_tokens=256, batch=1):
     """Evaluate every (target, run); returns {(target, task name): [records]}."""
     from .harness import ExampleCache, evaluate, open_target
 
@@ -76,7 +76,7 @@ def run_all(targets, runs, lettered, threads, cache_dir, max_new_tokens=256):
     with _progress() as progress:
         bar = progress.add_task("eval", total=total)
         for ref in targets:
-            target = open_target(ref, threads, max_new_tokens, cache_dir)
+            target = open_target(ref, threads, max_new_tokens, cache_dir, batch)
             try:
                 for run in runs:
                     progress.update(bar, description=f"{Path(ref).name} · {run.task.name}")
@@ -106,10 +106,13 @@ def run_all(targets, runs, lettered, threads, cache_dir, max_new_tokens=256):
 @click.option("--threads", type=int, default=0, help="CPU threads for single models (0: automatic).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="Generation budget for generative tasks on single models (stacks use their own).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Single models: score this many multiple-choice questions in one llama.cpp batch "
+                   "(fastest on BF16/F16 weights; see docs/eval.md).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Per-example cache (resume).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the per-example cache.")
 def eval_command(targets, tasks, data_dir, data_file, fmt, split, limit, seed, out, skip_bad, lettered,
-                 threads, max_new_tokens, cache_dir, no_cache):
+                 threads, max_new_tokens, batch, cache_dir, no_cache):
     """Score TARGETs (stack .toml files or models: builtin:smollm2-135m-instruct, a GGUF path)
     on tasks; prints a side-by-side table, writes OUT (every prediction and stage text) and OUT.png."""
     import os
@@ -123,7 +126,7 @@ def eval_command(targets, tasks, data_dir, data_file, fmt, split, limit, seed, o
     threads = threads if threads > 0 else max(1, min(8, os.cpu_count() or 1))
     folder = None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir()
     started = time.time()
-    results = run_all(list(targets), runs, lettered, threads, folder, max_new_tokens)
+    results = run_all(list(targets), runs, lettered, threads, folder, max_new_tokens, batch)
     task_names = [run.task.name for run in runs]
     summaries = [summarize(ref, run.task, results[(ref, run.task.name)]) for ref in targets for run in runs]
     Console().print(render_table(summaries, list(targets), task_names))
@@ -132,7 +135,7 @@ def eval_command(targets, tasks, data_dir, data_file, fmt, split, limit, seed, o
     payload = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "settings": {"split": split, "limit": limit, "seed": seed, "lettered": lettered, "threads": threads,
-                     "max_new_tokens": max_new_tokens},
+                     "max_new_tokens": max_new_tokens, "batch": batch},
         "targets": list(targets),
         "tasks": [{"name": r.task.name, "file": str(r.path), "split": r.split, "n": len(r.examples),
                    "metric": r.task.metric, "skipped_bad_rows": [str(b) for b in r.bad]} for r in runs],

@@ -22,7 +22,7 @@ from ..models import cache_dir, resolve_model
 from ..stagecache import StageOutputCache, stages_fingerprint
 from .data import BadRow, Example
 from .extract import extract_answer, is_correct
-from .scoring import ChoiceScorer, split_continuation
+from .scoring import BatchScorer, ChoiceScorer, Request, split_continuation
 from .tasks import Task
 
 CACHE_VERSION = 1
@@ -39,19 +39,23 @@ def _argmax(values: list[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
 
 
-def _score_requests(model: LoadedModel, scorer: ChoiceScorer, requests: list[tuple[str, str]]):
-    """Scores for (context, continuation) pairs; choices sharing a context are
-    scored together so the context is evaluated once."""
-    scores = []
+def _token_requests(model: LoadedModel, requests: list[tuple[str, str]]) -> list[Request]:
+    """(context, continuation) text pairs as token requests; choices sharing a
+    context form one request, so the context is evaluated once."""
+    grouped: list[Request] = []
     start = 0
     while start < len(requests):
         end = start + 1
         while end < len(requests) and requests[end][0] == requests[start][0]:
             end += 1
         pairs = [split_continuation(model, context, cont) for context, cont in requests[start:end]]
-        scores.extend(scorer.score(pairs[0][0], [cont for _, cont in pairs]))
+        grouped.append((pairs[0][0], [cont for _, cont in pairs]))
         start = end
-    return scores
+    return grouped
+
+
+def _score_requests(model: LoadedModel, scorer: ChoiceScorer, requests: list[tuple[str, str]]):
+    return [score for context, conts in _token_requests(model, requests) for score in scorer.score(context, conts)]
 
 
 def mc_record(example: Example, continuations: list[str], scores) -> dict:
@@ -80,18 +84,37 @@ class ModelTarget:
 
     kind = "model"
 
-    def __init__(self, ref: str, n_threads: int, n_ctx: int = 2048, max_new_tokens: int = GEN_MAX_TOKENS):
+    def __init__(self, ref: str, n_threads: int, n_ctx: int = 2048, max_new_tokens: int = GEN_MAX_TOKENS,
+                 batch: int = 1):
         path = resolve_model(ref)
         self.max_new_tokens = max_new_tokens
         self.name = ref
-        self.fingerprint = f"model:{_stat(path)}:gen{max_new_tokens}"
+        # batch > 1: multiple-choice questions are scored that many at a time (BatchScorer),
+        # whose figures differ slightly from ChoiceScorer's on quantized weights: a cache of their own.
+        self.batch = batch
+        self.fingerprint = f"model:{_stat(path)}:gen{max_new_tokens}" + (f":batch{batch}" if batch > 1 else "")
         self.model = LoadedModel(path, n_ctx, n_threads, 512)
         self.scorer = ChoiceScorer(self.model)
+        self._batch_scorer = BatchScorer(self.model, n_threads, max_sequences=max(64, 8 * batch)) if batch > 1 else None
 
     def run_mc(self, task: Task, example: Example, lettered: bool) -> dict:
-        requests = task.requests(example, lettered)
-        record = mc_record(example, [c for _, c in requests], _score_requests(self.model, self.scorer, requests))
-        return {**record, "generated_tokens": 0, "stages": []}
+        return self.run_mc_many(task, [example], lettered)[0]
+
+    def run_mc_many(self, task: Task, examples: list[Example], lettered: bool) -> list[dict]:
+        """Records of several questions, scored in one batch when ``batch`` > 1."""
+        texts = [task.requests(example, lettered) for example in examples]
+        token_requests = [_token_requests(self.model, requests) for requests in texts]
+        if self._batch_scorer is not None:
+            flat = self._batch_scorer.score_many([r for requests in token_requests for r in requests])
+        else:
+            flat = [self.scorer.score(context, conts) for requests in token_requests for context, conts in requests]
+        records, used = [], 0
+        for example, requests, grouped in zip(examples, texts, token_requests):
+            scores = [score for group in flat[used: used + len(grouped)] for score in group]
+            used += len(grouped)
+            record = mc_record(example, [c for _, c in requests], scores)
+            records.append({**record, "generated_tokens": 0, "stages": []})
+        return records
 
     def run_gen(self, task: Task, example: Example) -> dict:
         import codecs
@@ -117,6 +140,8 @@ class ModelTarget:
         return {**record, "generated_tokens": len(produced), "stages": []}
 
     def close(self) -> None:
+        if self._batch_scorer is not None:
+            self._batch_scorer.close()
         self.model.close()
 
 
@@ -193,13 +218,15 @@ class StackTarget:
         self.stack.close()
 
 
-def open_target(ref: str, n_threads: int, max_new_tokens: int = GEN_MAX_TOKENS, cache_folder: Path | None = None):
+def open_target(ref: str, n_threads: int, max_new_tokens: int = GEN_MAX_TOKENS, cache_folder: Path | None = None,
+                batch: int = 1):
     """A ``.toml`` file (optionally with ``[stage.key=value,...]`` settings) is
     a stack; anything else a model reference. A stack keeps its earlier
-    stages' texts in ``cache_folder`` (see ``fslm_edge.stagecache``)."""
+    stages' texts in ``cache_folder`` (see ``fslm_edge.stagecache``). ``batch``:
+    multiple-choice questions scored at a time by a single model."""
     if ref.endswith(".toml") or (ref.endswith("]") and ".toml[" in ref):
         return StackTarget(ref, cache_folder)
-    return ModelTarget(ref, n_threads, max_new_tokens=max_new_tokens)
+    return ModelTarget(ref, n_threads, max_new_tokens=max_new_tokens, batch=batch)
 
 
 @dataclass(frozen=True)
@@ -248,19 +275,35 @@ def default_cache_dir() -> Path:
 
 
 def evaluate(target, run: TaskRun, lettered: bool = False, cache: ExampleCache | None = None) -> Iterator[dict]:
-    """One record per example of ``run`` on ``target`` (cached ones marked)."""
-    for example in run.examples:
-        key = example_key(example)
-        cached = cache.get(key) if cache is not None else None
-        if cached is not None:
-            yield {**cached, "cached": True}
-            continue
-        started = time.perf_counter()
-        if run.task.kind == "mc":
-            record = target.run_mc(run.task, example, lettered)
-        else:
-            record = target.run_gen(run.task, example)
-        record["seconds"] = time.perf_counter() - started + record.pop("reused_seconds", 0.0)
-        if cache is not None:
-            cache.put(key, record)
-        yield {**record, "cached": False}
+    """One record per example of ``run`` on ``target`` (cached ones marked).
+    A target with ``batch`` > 1 scores multiple-choice questions that many at
+    a time; each then reports the batch's seconds shared equally."""
+    size = getattr(target, "batch", 1) if run.task.kind == "mc" else 1
+    for start in range(0, len(run.examples), size):
+        chunk = run.examples[start: start + size]
+        keys = [example_key(example) for example in chunk]
+        found = {key: cache.get(key) for key in keys} if cache is not None else {}
+        todo = [example for example, key in zip(chunk, keys) if found.get(key) is None]
+        computed = iter(_compute(target, run, todo, lettered) if todo else [])
+        for key in keys:
+            if found.get(key) is not None:
+                yield {**found[key], "cached": True}
+                continue
+            record = next(computed)
+            if cache is not None:
+                cache.put(key, record)
+            yield {**record, "cached": False}
+
+
+def _compute(target, run: TaskRun, examples: list[Example], lettered: bool) -> list[dict]:
+    started = time.perf_counter()
+    if run.task.kind == "mc" and len(examples) > 1:
+        records = target.run_mc_many(run.task, examples, lettered)
+    elif run.task.kind == "mc":
+        records = [target.run_mc(run.task, examples[0], lettered)]
+    else:
+        records = [target.run_gen(run.task, examples[0])]
+    seconds = (time.perf_counter() - started) / len(records)
+    for record in records:
+        record["seconds"] = seconds + record.pop("reused_seconds", 0.0)
+    return records

@@ -11,15 +11,16 @@ afterwards reuses or truncates the cache correctly.
 Tokenization at the boundary follows lm-evaluation-harness: the continuation's
 tokens are ``tokenize(context + continuation)[len(tokenize(context)):]``.
 
-Why the choices are decoded one after another on one sequence, not in one
-decode on several sequences (llama-cpp-python 0.3.36, measured on ARC-Easy):
-with a unified KV cache (``kv_unified``, the context shared through
-``llama_memory_seq_cp``) a multi-token decode on a sequence s > 0 gives other
-log-likelihoods whenever another sequence's cells beyond the shared context
-are in the cache (up to 0.26 nats on 12 questions; llama.cpp issue 24962
-reports the same). With one KV stream per sequence the log-likelihoods are
-exact, but copying the context into each stream costs what batching saves
-(5.6 questions/s against 5.3 for this scorer, 100 questions).
+``BatchScorer`` does the same for many questions in one decode: one sequence
+per choice in a unified KV cache, a question's context tokens belonging to all
+of its choices' sequences. On float weights (the tiny F32 test model, an F16
+copy of SmolLM2) it agrees with scoring each choice from scratch to 1e-3 and
+0.035 nats. On quantized weights llama.cpp's matmuls round differently by how
+many tokens share them: there the two scorers differ by up to 0.9 nats on long
+choices (SmolLM2 Q4_1), and are equally far from the F16 weights on average
+(0.20 against 0.21 nats, 100 ARC-Easy questions), which an earlier version of
+this note took for a fault of multi-sequence decoding. Batching pays on
+weights whose matmuls are fast in bulk: ``benchmarks/bench_eval.py``.
 """
 
 from __future__ import annotations
@@ -163,3 +164,109 @@ class ChoiceScorer:
             greedy = all(int(row.argmax()) == t for row, t in zip(picked, cont))
             scores.append(ChoiceScore(total, len(cont), greedy))
         return scores
+
+
+Request = tuple[Sequence[int], Sequence[Sequence[int]]]  # context tokens, continuations' tokens
+
+
+class BatchScorer:
+    """Scores the continuations of many contexts (questions) in one
+    ``llama_decode`` per group: one sequence per continuation in a unified KV
+    cache; a context's tokens belong to all of its continuations' sequences, so
+    each context is decoded once and each continuation attends only to its own
+    context (agreement with ``ChoiceScorer``: the module's docstring). Owns a
+    second llama context on ``model`` (``close()``)."""
+
+    def __init__(self, model, n_threads: int, max_sequences: int = 64, n_ctx: int = 4096):
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self.model = model
+        self.n_vocab = model.llm.n_vocab()
+        self.n_ctx, self.max_sequences = n_ctx, max_sequences
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_ctx, 512
+        params.n_seq_max, params.kv_unified = max_sequences, True
+        params.n_threads = params.n_threads_batch = n_threads
+        self._ctx = llama_cpp.llama_init_from_model(model.llm._model.model, params)
+        if not self._ctx:
+            raise RuntimeFailure("llama.cpp could not create a batch scoring context")
+        self._batch = llama_cpp.llama_batch_init(n_ctx, 0, max_sequences)
+        self.decoded_tokens = 0
+
+    def close(self) -> None:
+        if self._ctx:
+            self._lib.llama_batch_free(self._batch)
+            self._lib.llama_free(self._ctx)
+            self._ctx = None
+
+    def score_many(self, requests: Sequence[Request]) -> list[list[ChoiceScore]]:
+        """Each request's continuation scores, in order; requests are packed
+        into groups that fit the context and the sequence budget."""
+        results: list[list[ChoiceScore]] = []
+        group: list[Request] = []
+        tokens = sequences = 0
+        for context, continuations in requests:
+            if not context:
+                raise ValueError("the context must hold at least one token (BOS or text)")
+            need = len(context) + sum(max(len(c) - 1, 0) for c in continuations)
+            if need > self.n_ctx or len(continuations) > self.max_sequences:
+                raise ContextOverflowError(f"a scoring request needs {need} tokens and {len(continuations)} "
+                                           f"sequences, more than {self.n_ctx} and {self.max_sequences}")
+            if group and (tokens + need > self.n_ctx or sequences + len(continuations) > self.max_sequences):
+                results += self._score_group(group)
+                group, tokens, sequences = [], 0, 0
+            group.append((list(context), [list(c) for c in continuations]))
+            tokens += need
+            sequences += len(continuations)
+        if group:
+            results += self._score_group(group)
+        return results
+
+    def _score_group(self, group: list[Request]) -> list[list[ChoiceScore]]:
+        batch, n = self._batch, 0
+        rows_of: list[list[list[int]]] = []  # per request, per continuation: batch rows predicting its tokens
+        seq = 0
+
+        def add(token: int, pos: int, seqs: range | list[int], logits: bool) -> int:
+            nonlocal n
+            batch.token[n], batch.pos[n], batch.n_seq_id[n], batch.logits[n] = token, pos, len(seqs), logits
+            for k, s in enumerate(seqs):
+                batch.seq_id[n][k] = s
+            n += 1
+            return n - 1
+
+        for context, continuations in group:
+            seqs = range(seq, seq + max(len(continuations), 1))
+            for pos, token in enumerate(context):
+                last = add(token, pos, seqs, pos == len(context) - 1)
+            rows = []
+            for j, cont in enumerate(continuations):
+                rows.append([last] + [add(t, len(context) + i, [seq + j], True) for i, t in enumerate(cont[:-1])])
+            rows_of.append(rows)
+            seq += len(seqs)
+        batch.n_tokens = n
+        try:
+            if self._lib.llama_decode(self._ctx, batch) != 0:
+                raise RuntimeFailure("llama_decode failed while scoring a batch")
+            self.decoded_tokens += n
+            return self._collect(group, rows_of)
+        finally:
+            self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), True)
+
+    def _collect(self, group: list[Request], rows_of: list[list[list[int]]]) -> list[list[ChoiceScore]]:
+        logprobs: dict[int, np.ndarray] = {}
+        results = []
+        for (_, continuations), rows in zip(group, rows_of):
+            scores = []
+            for cont, cont_rows in zip(continuations, rows):
+                total, greedy = 0.0, True
+                for row, token in zip(cont_rows, cont):
+                    if row not in logprobs:
+                        pointer = self._lib.llama_get_logits_ith(self._ctx, row)
+                        logprobs[row] = log_softmax(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)))
+                    total += float(logprobs[row][token])
+                    greedy = greedy and int(logprobs[row].argmax()) == token
+                scores.append(ChoiceScore(total, len(cont), greedy))
+            results.append(scores)
+        return results
