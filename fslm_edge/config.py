@@ -54,7 +54,8 @@ class StageConfig:
     calculator: bool = False
     # Self-consistency: > 1 runs this stage (sampled, seeds seed, seed + 1, ...) and every later
     # stage that many times; ``select`` picks the answer: "majority" (the most common final
-    # answer) or "likelihood" (the sample whose text for this stage its model finds most likely).
+    # answer), "likelihood" (the sample whose text for this stage its model finds most likely) or
+    # "mean-likelihood" (the same per token).
     samples: int = 1
     select: str = "majority"
 
@@ -141,7 +142,7 @@ _STAGE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "system": ((str,), "a string"),
     "calculator": ((bool,), "true or false"),
     "samples": ((int,), "an integer >= 1"),
-    "select": ((str,), '"majority" or "likelihood"'),
+    "select": ((str,), '"majority", "likelihood" or "mean-likelihood"'),
     "max_tokens": ((int,), "a positive integer"),
     "temperature": ((int, float), "a number >= 0"),
     "top_p": ((int, float), "a number in (0, 1]"),
@@ -152,7 +153,7 @@ _STAGE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "stop": ((list,), "a list of strings"),
     "train": ((dict,), "a table (the stage's training recipe)"),
 }
-SELECTORS = ("majority", "likelihood")
+SELECTORS = ("majority", "likelihood", "mean-likelihood")
 _SAMPLING_KEYS = {f.name for f in dataclasses.fields(Sampling)}
 _TOP_KEYS = ("stack", "stage")
 

@@ -71,7 +71,8 @@ class StackResult:
     ``votes``: each sample's final text (empty without ``samples``);
     ``answer`` is the winner's, from sample ``chosen_sample``.
     ``sample_logprobs``: with ``select = "likelihood"``, each sample's summed
-    log-probability of its sampled-stage text (the highest wins)."""
+    log-probability of its sampled-stage text; with ``"mean-likelihood"`` the
+    same per token (the highest wins)."""
 
     question: str
     stages: tuple[StageOutput, ...]

@@ -229,7 +229,7 @@ class Stack:
                 chain[binding.config.name] = output.text
                 if self._cancel.is_set():
                     return (), (), 0
-            if index == first and sampled.config.select == "likelihood":
+            if index == first and sampled.config.select != "majority":
                 logprobs = self._text_logprobs(sampled, outputs[-1].prompt, [c[sampled.config.name] for c in chains])
         finals = tuple(chain[self._bindings[-1].config.name] for chain in chains)
         chosen = most_likely(logprobs) if logprobs else majority(finals)
@@ -237,14 +237,18 @@ class Stack:
 
     @staticmethod
     def _text_logprobs(binding: _Binding, prompt: str, texts: list[str]) -> tuple[float, ...]:
-        """Summed log-probability of each text as the stage's output after
-        ``prompt``, under the stage's model and adapter (temperature 1); the
-        prompt is decoded once (it is still in the KV cache)."""
+        """Log-probability of each text as the stage's output after ``prompt``,
+        under the stage's model and adapter (temperature 1): summed, or per
+        token with ``select = "mean-likelihood"``. The prompt is decoded once
+        (it is still in the KV cache)."""
         model = binding.model
         model.use_adapter(binding.config.adapter, binding.config.adapter_scale)
         context = model.tokenize(prompt)
         continuations = [split_continuation(model, prompt, text)[1] if text else [] for text in texts]
-        return tuple(score.logprob for score in ChoiceScorer(model).score(context, continuations))
+        scores = ChoiceScorer(model).score(context, continuations)
+        if binding.config.select == "mean-likelihood":
+            return tuple(s.logprob / s.n_tokens if s.n_tokens else float("-inf") for s in scores)
+        return tuple(s.logprob for s in scores)
 
     def _run_stage(self, index: int, binding: _Binding, values: dict[str, str], sample: int = 0):
         stage, model = binding.config, binding.model

@@ -301,3 +301,19 @@ def test_select_likelihood_picks_the_sample_its_stage_finds_most_likely(make_sta
     best = max(result.sample_logprobs)
     assert result.chosen_sample == result.sample_logprobs.index(best) + 1
     assert result.answer == result.votes[result.chosen_sample - 1]
+
+
+def test_select_mean_likelihood_compares_log_probability_per_token(make_stack):
+    from fslm_edge.evaluation.scoring import split_continuation
+
+    with Stack.load(make_stack(SAMPLED_STACK), {"guess.select": "likelihood"}) as stack:
+        summed = stack.run("go")
+    with Stack.load(make_stack(SAMPLED_STACK), {"guess.select": "mean-likelihood"}) as stack:
+        mean = stack.run("go")
+        model = stack.models[0]
+        guesses = [o for o in mean.stages if o.name == "guess"]
+        lengths = [len(split_continuation(model, g.prompt, g.text)[1]) for g in guesses]
+    assert mean.votes == summed.votes  # the same seeded samples
+    for total, per_token, n in zip(summed.sample_logprobs, mean.sample_logprobs, lengths):
+        assert per_token == pytest.approx(total / n, abs=0.1)
+    assert mean.chosen_sample == mean.sample_logprobs.index(max(mean.sample_logprobs)) + 1
