@@ -246,9 +246,10 @@ class Stack:
         context = model.tokenize(prompt)
         continuations = [split_continuation(model, prompt, text)[1] if text else [] for text in texts]
         scores = ChoiceScorer(model).score(context, continuations)
-        if binding.config.select == "mean-likelihood":
-            return tuple(s.logprob / s.n_tokens if s.n_tokens else float("-inf") for s in scores)
-        return tuple(s.logprob for s in scores)
+        per_token = binding.config.select == "mean-likelihood"
+        # An empty text is never the most likely one (its summed log-probability would be 0).
+        return tuple(float("-inf") if not s.n_tokens else s.logprob / s.n_tokens if per_token else s.logprob
+                     for s in scores)
 
     def _run_stage(self, index: int, binding: _Binding, values: dict[str, str], sample: int = 0):
         stage, model = binding.config, binding.model

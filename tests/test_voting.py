@@ -19,3 +19,4 @@ def test_majority_ties_go_to_the_earliest_and_empty_answers_do_not_vote():
 def test_most_likely_ties_go_to_the_earliest():
     assert most_likely([-9.5, -3.25, -7.0]) == 1
     assert most_likely([-2.0, -4.0, -2.0]) == 0
+    assert most_likely([float("-inf"), -30.0]) == 1  # an empty sample scores -inf

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -211,7 +212,8 @@ class StackTarget:
             record["votes"] = list(result.votes)
             record["chosen_sample"] = result.chosen_sample
         if result.sample_logprobs:
-            record["sample_logprobs"] = [round(lp, 4) for lp in result.sample_logprobs]
+            # JSON has no -inf: an empty sample's figure is null.
+            record["sample_logprobs"] = [round(lp, 4) if math.isfinite(lp) else None for lp in result.sample_logprobs]
         return {**record, "generated_tokens": sum(s["generated_tokens"] for s in stages), "stages": stages}
 
     def close(self) -> None:
