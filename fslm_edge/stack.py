@@ -24,11 +24,11 @@ from .calculator import Calculator
 from .config import StackConfig, StageConfig, load_stack_config
 from .engine import LoadedModel, ModelPool
 from .errors import ContextOverflowError, InputError
+from .evaluation.scoring import ChoiceScorer, split_continuation
 from .events import ContextWarning, Event, StackResult, StageEnd, StageOutput, StageStart, StageStats, TextDelta
 from .models import resolve_model
 from .prompts import stage_prompt
 from .stopping import StopMatcher
-from .evaluation.scoring import ChoiceScorer, split_continuation
 from .voting import majority, most_likely
 
 

@@ -46,6 +46,11 @@ def log_softmax(row: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum())
 
 
+def output_logprobs(lib, ctx, index: int, n_vocab: int) -> np.ndarray:
+    """Log-softmax of the logits llama.cpp kept for batch row ``index`` of the last decode."""
+    return log_softmax(np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, index), shape=(n_vocab,)))
+
+
 def split_continuation(model, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Context tokens and continuation tokens, tokenized together (lm-eval style):
     trailing spaces of the context move to the continuation, and the
@@ -106,8 +111,7 @@ class ChoiceScorer:
             self.decoded_tokens += len(chunk)
             wanted = range(len(chunk)) if logits == "all" else ([len(chunk) - 1] if last_chunk else [])
             for i in wanted:
-                pointer = self._lib.llama_get_logits_ith(self.llm._ctx.ctx, i)
-                rows.append(log_softmax(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))))
+                rows.append(output_logprobs(self._lib, self.llm._ctx.ctx, i, self.n_vocab))
         return rows
 
     # -- scoring ---------------------------------------------------------------
@@ -255,7 +259,8 @@ class BatchScorer:
             self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), True)
 
     def _collect(self, group: list[Request], rows_of: list[list[list[int]]]) -> list[list[ChoiceScore]]:
-        logprobs: dict[int, np.ndarray] = {}
+        # row -> (log-probabilities, argmax); a context's last row is shared by all its choices
+        logprobs: dict[int, tuple[np.ndarray, int]] = {}
         results = []
         for (_, continuations), rows in zip(group, rows_of):
             scores = []
@@ -263,10 +268,11 @@ class BatchScorer:
                 total, greedy = 0.0, True
                 for row, token in zip(cont_rows, cont):
                     if row not in logprobs:
-                        pointer = self._lib.llama_get_logits_ith(self._ctx, row)
-                        logprobs[row] = log_softmax(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)))
-                    total += float(logprobs[row][token])
-                    greedy = greedy and int(logprobs[row].argmax()) == token
+                        values = output_logprobs(self._lib, self._ctx, row, self.n_vocab)
+                        logprobs[row] = values, int(values.argmax())
+                    values, best = logprobs[row]
+                    total += float(values[token])
+                    greedy = greedy and best == token
                 scores.append(ChoiceScore(total, len(cont), greedy))
             results.append(scores)
         return results
