@@ -57,7 +57,8 @@ class GGUFTokenizer:
         meta = self.llm.metadata.get("tokenizer.chat_template")
         text = self.llm._model.token_get_text
         self.eos_text = text(self.llm.token_eos()) if self.llm.token_eos() >= 0 else ""
-        self.chat = ChatTemplate(meta, text(self.llm.token_bos()), self.eos_text) if meta else None
+        adds_bos = bool(self.llm._model.add_bos_token())
+        self.chat = ChatTemplate(meta, text(self.llm.token_bos()), self.eos_text, adds_bos) if meta else None
         self.end_id = self._end_of_turn(meta)
 
     def _end_of_turn(self, template: str | None) -> int:

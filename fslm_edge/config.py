@@ -58,6 +58,8 @@ class StageConfig:
     # "mean-likelihood" (the same per token).
     samples: int = 1
     select: str = "majority"
+    # Drop the chat template's leading BOS text even where the tokenizer adds none (prompts.py).
+    drop_bos: bool = False
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -131,6 +133,7 @@ _STACK_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "threads": ((int,), "an integer (0 = automatic)"),
     "batch_size": ((int,), "a positive integer"),
     "show_choices": ((bool,), "true or false"),
+    "drop_bos": ((bool,), "true or false"),
 }
 _STAGE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "name": ((str,), "a string"),
@@ -139,6 +142,7 @@ _STAGE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "adapter": ((str,), "a path to a LoRA GGUF file"),
     "adapter_scale": ((int, float), "a number"),
     "chat": ((bool,), "true or false"),
+    "drop_bos": ((bool,), "true or false"),
     "system": ((str,), "a string"),
     "calculator": ((bool,), "true or false"),
     "samples": ((int,), "an integer >= 1"),
@@ -283,7 +287,10 @@ def _build_config(data: dict, ctx: _Context) -> StackConfig:
     all_names = {t["name"] for t in stage_tables if isinstance(t, dict) and isinstance(t.get("name"), str)}
     stages: list[StageConfig] = []
     for index, table in enumerate(stage_tables):
-        stages.append(_build_stage(table, index, [s.name for s in stages], all_names, default_model, ctx))
+        stage = _build_stage(table, index, [s.name for s in stages], all_names, default_model, ctx)
+        if "drop_bos" not in table:  # the stack's setting is every stage's default
+            stage = dataclasses.replace(stage, drop_bos=stack.get("drop_bos", False))
+        stages.append(stage)
     voting = [i for i, s in enumerate(stages) if s.samples > 1]
     if len(voting) > 1:
         raise ctx.error(f"stage '{stages[voting[1]].name}': only one stage may set samples > 1 (stage "
@@ -344,6 +351,7 @@ def _build_stage(table: Any, index: int, earlier: list[str], all_names: set, def
         adapter=(ctx.path.parent / adapter) if adapter else None,
         adapter_scale=float(table.get("adapter_scale", 1.0)),
         chat=table.get("chat", True),
+        drop_bos=table.get("drop_bos", False),
         system=table.get("system"),
         sampling=sampling,
         train=train,

@@ -79,7 +79,8 @@ class LoadedModel:
         source = self.llm.metadata.get("tokenizer.chat_template")
         if not source:
             return None
-        return ChatTemplate(source, self.token_text(self.llm.token_bos()), self.token_text(self.llm.token_eos()))
+        return ChatTemplate(source, self.token_text(self.llm.token_bos()), self.token_text(self.llm.token_eos()),
+                            tokenizer_adds_bos=bool(self.llm._model.add_bos_token()))
 
     def token_text(self, token: int) -> str:
         if token < 0:

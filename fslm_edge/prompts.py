@@ -3,6 +3,12 @@
 ``stage_prompt`` renders the stage template with the input and upstream
 texts, then (if ``chat = true``) wraps it in the model's own chat template
 read from the GGUF (``tokenizer.chat_template``).
+
+A template that starts with the BOS text (``<|im_start|>`` for SmolLM2) keeps
+it unless the tokenizer adds BOS itself, as llama.cpp's server does. Stages
+with ``drop_bos = true`` drop it regardless: the format the shipped adapters
+were trained on, before this was fixed (SmolLM2's tokenizer adds no BOS, so
+their prompts begin with ``system``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ class ChatTemplate:
     source: str
     bos_token: str = ""
     eos_token: str = ""
+    tokenizer_adds_bos: bool = True
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         template = _compile(self.source)
@@ -31,6 +38,15 @@ class ChatTemplate:
             bos_token=self.bos_token,
             eos_token=self.eos_token,
         )
+
+    def prompt(self, messages: list[dict[str, str]], drop_bos: bool = False) -> str:
+        """The rendered conversation up to the assistant's turn, as text for a
+        tokenizer that parses special tokens: without its leading BOS text
+        when the tokenizer adds BOS itself (or ``drop_bos``)."""
+        text = self.render(messages)
+        if self.bos_token and text.startswith(self.bos_token) and (self.tokenizer_adds_bos or drop_bos):
+            return text[len(self.bos_token):]
+        return text
 
 
 @lru_cache(maxsize=16)
@@ -63,10 +79,7 @@ def stage_prompt(stage: StageConfig, values: Mapping[str, str], chat: ChatTempla
         if stage.system:
             messages.append({"role": "system", "content": stage.system})
         messages.append({"role": "user", "content": user})
-        text = chat.render(messages)
-        if chat.bos_token and text.startswith(chat.bos_token):
-            text = text[len(chat.bos_token) :]  # the tokenizer adds BOS itself
-        return text
+        return chat.prompt(messages, stage.drop_bos)
     if stage.system:
         return f"{stage.system}\n\n{user}"
     return user

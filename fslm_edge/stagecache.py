@@ -24,7 +24,9 @@ def stages_fingerprint(context_size: int, stages: Sequence[StageConfig], extra: 
     for s in stages:
         adapter = file_sha256(s.adapter) if s.adapter is not None else None
         part = [s.name, s.template, s.model, s.system, s.chat, repr(s.sampling), adapter, s.adapter_scale]
-        parts.append(part + ["calculator"] if s.calculator else part)  # (older caches stay valid)
+        # (caches made before these keys existed stay valid: calculator off, BOS dropped)
+        part += ["calculator"] if s.calculator else []
+        parts.append(part if s.drop_bos else part + ["keeps-bos"])
     text = json.dumps([context_size, parts])
     return f"{text}\n{extra}" if extra else text
 

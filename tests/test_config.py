@@ -197,3 +197,10 @@ def test_select_picks_among_samples_only():
     assert "unknown select 'likelihod'" in str(err) and "did you mean 'likelihood'" in str(err)
     err = error_of(GOOD, {"answer.select": "likelihood"})
     assert "'select' picks among samples; set samples > 1" in str(err)
+
+
+def test_drop_bos_defaults_to_the_stack_setting():
+    assert not any(stage.drop_bos for stage in parse(GOOD).stages)
+    config = parse(GOOD, {"stack.drop_bos": True, "answer.drop_bos": False})
+    assert [stage.drop_bos for stage in config.stages] == [True, False]
+    assert "'drop_bos' must be true or false" in str(error_of(GOOD, {"stack.drop_bos": "yes"}))

@@ -95,6 +95,9 @@ class ModelTarget:
         self.batch = batch
         self.fingerprint = f"model:{_stat(path)}:gen{max_new_tokens}" + (f":batch{batch}" if batch > 1 else "")
         self.model = LoadedModel(path, n_ctx, n_threads, 512)
+        chat = self.model.chat_template
+        if chat is not None and not chat.tokenizer_adds_bos:
+            self.fingerprint += ":keeps-bos"  # generative prompts keep the template's BOS text (prompts.py)
         self.scorer = ChoiceScorer(self.model)
         self._batch_scorer = BatchScorer(self.model, n_threads, max_sequences=max(64, 8 * batch)) if batch > 1 else None
 
@@ -124,9 +127,7 @@ class ModelTarget:
 
         prompt = task.gen_prompt(example)
         if self.model.chat_template is not None:
-            prompt = self.model.chat_template.render([{"role": "user", "content": prompt}])
-            bos = self.model.chat_template.bos_token
-            prompt = prompt[len(bos):] if bos and prompt.startswith(bos) else prompt
+            prompt = self.model.chat_template.prompt([{"role": "user", "content": prompt}])
         tokens = self.model.tokenize(prompt)
         stopper = StopMatcher(GEN_STOPS)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

@@ -65,7 +65,8 @@ class TokShim:
         tokens = kv["tokenizer.ggml.tokens"]
         self.eos_text = tokens[kv["tokenizer.ggml.eos_token_id"]]
         bos = tokens[kv["tokenizer.ggml.bos_token_id"]]
-        self.chat = ChatTemplate(kv["tokenizer.chat_template"], bos, self.eos_text)
+        adds_bos = bool(kv.get("tokenizer.ggml.add_bos_token", False))  # llama.cpp's prompt_ids adds none either
+        self.chat = ChatTemplate(kv["tokenizer.chat_template"], bos, self.eos_text, adds_bos)
         self.end_id = 2
 
     def prompt_ids(self, text):
