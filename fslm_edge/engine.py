@@ -145,6 +145,10 @@ class LoadedModel:
         ``first_banned``: token ids the first sampled token may not be."""
         if sampling.seed is not None:
             self.llm.set_seed(sampling.seed)
+            if sampling.temperature > 0:
+                # Decode the whole prompt again: reusing a cached prefix changes the batch shapes, and
+                # with them the low bits of the logits on quantized weights, so a seeded draw could differ.
+                self.llm.reset()
         produced = 0
         stream = self.llm.generate(
             prompt_tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,

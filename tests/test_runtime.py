@@ -232,6 +232,7 @@ name = "solve"
 template = "Write the multiplication 4817 * 2963 and its result, as: a * b = c"
 max_tokens = 24
 calculator = true
+drop_bos = true  # in this format the model writes the equation first (with <|im_start|> it explains)
 """
 
 
