@@ -110,7 +110,9 @@ def test_ctrl_c_during_generation_is_one_line_not_a_crash():
     exe = Path(sys.executable).with_name("fslm-edge")
     proc = subprocess.Popen([str(exe), "run", "stacks/qa.toml", "Write a long essay on the sea.", "--json",
                              "--set", "*.max_tokens=400"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # as a terminal would: a background test run may have SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = proc.stdout.readline()  # generation has started
     assert '"stage_start"' in first
     time.sleep(0.5)
