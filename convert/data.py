@@ -19,7 +19,7 @@ from fslm_edge.config import StageConfig
 from fslm_edge.errors import DatasetError, InputError
 from fslm_edge.formats import continuation, derived_field
 from fslm_edge.models import file_sha256
-from fslm_edge.prompts import ChatTemplate, stage_prompt
+from fslm_edge.prompts import stage_prompt
 from fslm_edge.recipe import DataSource, TrainRecipe
 
 from .upstream import MODEL_OUTPUT, model_fields
@@ -50,16 +50,13 @@ class GGUFTokenizer:
     def __init__(self, gguf_path: Path):
         import llama_cpp
 
-        from fslm_edge.engine import quiet_stderr
+        from fslm_edge.engine import quiet_stderr, read_chat_template, token_text
 
         with quiet_stderr():
             self.llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
-        meta = self.llm.metadata.get("tokenizer.chat_template")
-        text = self.llm._model.token_get_text
-        self.eos_text = text(self.llm.token_eos()) if self.llm.token_eos() >= 0 else ""
-        adds_bos = bool(self.llm._model.add_bos_token())
-        self.chat = ChatTemplate(meta, text(self.llm.token_bos()), self.eos_text, adds_bos) if meta else None
-        self.end_id = self._end_of_turn(meta)
+        self.eos_text = token_text(self.llm, self.llm.token_eos())
+        self.chat = read_chat_template(self.llm)
+        self.end_id = self._end_of_turn(self.chat.source if self.chat else None)
 
     def _end_of_turn(self, template: str | None) -> int:
         eos, eot = self.llm.token_eos(), self.llm._model.token_eot()

@@ -23,6 +23,21 @@ from .ggufinfo import GGUFInfo, check_adapter, read_gguf_info
 from .prompts import ChatTemplate
 
 
+def token_text(llm, token: int) -> str:
+    """A token's text in ``llm``'s vocabulary ("" for a missing token, id < 0)."""
+    return llm._model.token_get_text(token) if token >= 0 else ""
+
+
+def read_chat_template(llm) -> ChatTemplate | None:
+    """The chat template a ``llama_cpp.Llama`` carries in its GGUF, with its BOS
+    and EOS texts and whether its tokenizer adds BOS itself; None if it has none."""
+    source = llm.metadata.get("tokenizer.chat_template")
+    if not source:
+        return None
+    return ChatTemplate(source, token_text(llm, llm.token_bos()), token_text(llm, llm.token_eos()),
+                        tokenizer_adds_bos=bool(llm._model.add_bos_token()))
+
+
 @contextmanager
 def quiet_stderr():
     """llama.cpp prints load logs on fd 2; keep them off the user's terminal."""
@@ -66,7 +81,7 @@ class LoadedModel:
         self._active: tuple = ()
         self._digit_tokens: np.ndarray | None = None
         self._info: GGUFInfo | None = None
-        self.chat_template = self._read_chat_template()
+        self.chat_template = read_chat_template(self.llm)
 
     # -- metadata -----------------------------------------------------------
     @property
@@ -74,18 +89,6 @@ class LoadedModel:
         if self._info is None:
             self._info = read_gguf_info(self.path)
         return self._info
-
-    def _read_chat_template(self) -> ChatTemplate | None:
-        source = self.llm.metadata.get("tokenizer.chat_template")
-        if not source:
-            return None
-        return ChatTemplate(source, self.token_text(self.llm.token_bos()), self.token_text(self.llm.token_eos()),
-                            tokenizer_adds_bos=bool(self.llm._model.add_bos_token()))
-
-    def token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return self.llm._model.token_get_text(token)
 
     # -- tokens ---------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
