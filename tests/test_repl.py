@@ -32,11 +32,12 @@ class Terminal:
         os.close(slave)
         self.seen = b""
 
-    def expect(self, text: str, timeout: float = 60) -> str:
+    def expect(self, text: str, timeout: float = 60, times: int = 1) -> str:
+        """Wait until ``text`` has been shown ``times`` times; keep only what came after."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             plain = ANSI.sub(b"", self.seen).decode("utf-8", "replace")
-            if " ".join(text.split()) in " ".join(plain.split()):  # the terminal may wrap long lines
+            if " ".join(plain.split()).count(" ".join(text.split())) >= times:  # the terminal may wrap long lines
                 last = text.split()[-1]
                 self.seen = plain[plain.rfind(last) + len(last):].encode()  # keep what came after the match
                 return plain
@@ -50,6 +51,21 @@ class Terminal:
 
     def send(self, data: str) -> None:
         os.write(self.master, data.encode())
+
+    def wait_for_line_editor(self, timeout: float = 60) -> None:
+        """Wait until readline has the terminal in raw mode, reading keys.
+
+        A control key typed while the terminal is still in canonical mode is turned by the line
+        discipline into something else (Ctrl-D into an end-of-file marker that readline then reads
+        as a NUL byte), so a test must not send one before this.  The pty master reports the
+        slave's termios.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not termios.tcgetattr(self.master)[3] & termios.ICANON:
+                return
+            time.sleep(0.05)
+        raise AssertionError("readline never took the terminal")
 
 
 def test_repl_session(tmp_path):
@@ -83,8 +99,9 @@ def test_repl_session(tmp_path):
         term.send("/set temprature 1\n")
         term.expect("unknown stage key 'temprature'")
         term.send("/stages off\n")
-        term.expect("stages off")
-        term.expect(">>> ")  # readline owns the terminal again: a control key now reaches it
+        term.expect("stages off", times=2)  # the typed line's echo, then the command's answer
+        term.expect(">>> ")
+        term.wait_for_line_editor()  # readline owns the terminal again: a control key now reaches it
         term.send("\x04")  # Ctrl-D exits
         assert term.proc.wait(timeout=30) == 0
     finally:
