@@ -50,18 +50,20 @@ class GGUFTokenizer:
     def __init__(self, gguf_path: Path):
         import llama_cpp
 
-        from fslm_edge.engine import quiet_stderr, read_chat_template, token_text
+        from fslm_edge.engine import quiet_stderr, read_chat_template
 
         with quiet_stderr():
             self.llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
-        self.eos_text = token_text(self.llm, self.llm.token_eos())
         self.chat = read_chat_template(self.llm)
-        self.end_id = self._end_of_turn(self.chat.source if self.chat else None)
+        self.end_id = self._end_of_turn()
 
-    def _end_of_turn(self, template: str | None) -> int:
+    def _end_of_turn(self) -> int:
+        """The token that ends an assistant turn: EOT when the chat template closes turns with it
+        rather than with EOS."""
         eos, eot = self.llm.token_eos(), self.llm._model.token_eot()
-        if template and eot >= 0 and eos >= 0 and self.eos_text not in template:
-            if self.llm._model.token_get_text(eot) in template:
+        chat = self.chat
+        if chat and eot >= 0 and eos >= 0 and chat.eos_token not in chat.source:
+            if self.llm._model.token_get_text(eot) in chat.source:
                 return eot
         return eos
 
