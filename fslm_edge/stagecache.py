@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from .calculator import VERSION as CALCULATOR_VERSION
 from .config import StageConfig
 from .jsonlog import append_record, read_records
 from .models import file_sha256
@@ -25,7 +26,7 @@ def stages_fingerprint(context_size: int, stages: Sequence[StageConfig], extra: 
         adapter = file_sha256(s.adapter) if s.adapter is not None else None
         part = [s.name, s.template, s.model, s.system, s.chat, repr(s.sampling), adapter, s.adapter_scale]
         # (caches made before these keys existed stay valid: calculator off, BOS dropped)
-        part += ["calculator"] if s.calculator else []
+        part += [f"calculator-{CALCULATOR_VERSION}"] if s.calculator else []
         parts.append(part if s.drop_bos else part + ["keeps-bos"])
     text = json.dumps([context_size, parts])
     return f"{text}\n{extra}" if extra else text

@@ -17,6 +17,21 @@ from fslm_edge.calculator import Calculator, completion, evaluate, format_value
     ("The cost is $12 * 4 =", " 48"),
     ("She has 3 apples, 5 - 7 =", " -2"),
     ("0.1 + 0.2 =", " 0.3"),
+    # as GSM8K solutions write it: units after numbers, percentages, ".5", minus signs
+    ("a total of 4 houses * 3 gnomes =", " 12"),
+    ("there were 3 green hard hats + 16 pink hard hats =", " 19"),
+    ("Candy: 14 pieces/house * 60 houses =", " 840"),
+    ("There are 60 students x 2/3 =", " 40"),
+    ("It lasts 60 days / (2/3) =", " 90"),
+    ("Her overtime pay is 18*.5 =", " 9"),
+    ("The number of rose stamps is 20 − 13 =", " 7"),
+    ("So his weight will be 97 – 12 =", " 85"),
+    ("Accommodation is 15% * $1000=", " 150"),
+    ("It costs 20% * 5 =", " 1"),
+    ("Since 40% got below B, 100% - 40% =", " 60%"),
+    ("The share is 15 trucks / 90 vehicles * 100% =", " 16.67%"),
+    ("In 2019 she sold 30 + 12 =", " 42"),
+    ("So 2x3 =", " 6"),
 ])
 def test_a_trailing_expression_gets_its_value(text, written):
     assert completion(text) == written
@@ -27,7 +42,15 @@ def test_a_trailing_expression_gets_its_value(text, written):
     "x = 5",                # no expression before '='
     "She has 2x =",         # an unknown
     "It is 5/0 =",          # division by zero
-    "It costs 20% * 5 =",   # percent signs are not guessed at
+    "Bill eats 60% * 50% =",        # a product of percentages is not guessed at
+    "A tip of 10% + 5% = $",        # a percentage is not written after "$"
+    "8 x 1 1/2 =",                  # a mixed number: only its end would be read
+    "Each cup needs 1/4 cup + 1 and 1/4 cup =",  # words interrupt the expression
+    "She used all but $16, so S + 143 =",      # the left operand is an unknown
+    "All the ships had 2 * 2S =",
+    "Juwan is 1/3 of Solomon =",    # "of": a phrase, not a unit
+    "Dividing both sides by 11/20 we get X =",
+    "She has 5 apples and pears and plums and figs + 2 =",  # too many words for a unit
     "2 ** 8 =",             # only + - * /
     "(1 + 2 =",             # unbalanced
     "Total 3 apples =",     # no operator

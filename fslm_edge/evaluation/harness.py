@@ -19,6 +19,7 @@ from ..config import Sampling
 from ..engine import LoadedModel
 from ..formats import continuation
 from ..jsonlog import append_record, read_records
+from ..calculator import VERSION as CALCULATOR_VERSION
 from ..models import cache_dir, resolve_model
 from ..stagecache import StageOutputCache, stages_fingerprint
 from .data import BadRow, Example
@@ -168,6 +169,8 @@ class StackTarget:
         parts = [Path(path).read_text(encoding="utf-8"), repr(sorted(overrides.items()))]
         parts += [_stat(m.path) for m in self.stack.models]
         parts += [_stat(s.adapter) for s in self.stack.config.stages if s.adapter is not None]
+        if any(s.calculator for s in self.stack.config.stages):  # its rules decide the texts too
+            parts.append(f"calculator-{CALCULATOR_VERSION}")
         self.fingerprint = "stack:" + "|".join(parts)
         self._scorers: dict[int, ChoiceScorer] = {}
         config = self.stack.config
