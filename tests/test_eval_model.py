@@ -11,6 +11,7 @@ import eval_fixtures
 from eval_fixtures import GEN_ROWS, MC_ROWS, write_jsonl
 from fslm_edge.cli import main
 from fslm_edge.config import Sampling
+from fslm_edge.engine import LoadedModel
 from fslm_edge.evaluation.scoring import ChoiceScorer, split_continuation
 from fslm_edge.evaluation.tasks import TASKS
 
@@ -57,8 +58,24 @@ def test_kv_reuse_matches_naive_full_evaluation(smol_model):
         naive = scorer.score_naive(context, conts)
         for a, b, c in zip(fast, again, naive):
             assert a.logprob == pytest.approx(c.logprob, abs=2e-3)
-            assert b.logprob == pytest.approx(c.logprob, abs=2e-3)
+            # Q4_1 matmuls quantize activations to 8 bits per batch, so a one-token decode rounds
+            # otherwise than a batched one (up to 0.14 nats seen on an AVX2-only CPU); exact on F32
+            # weights (test_kv_reuse_of_a_whole_cached_context_is_exact_on_f32_weights).
+            assert b.logprob == pytest.approx(c.logprob, abs=0.25)
             assert a.n_tokens == c.n_tokens and a.greedy == c.greedy
+
+
+def test_kv_reuse_of_a_whole_cached_context_is_exact_on_f32_weights(tiny):
+    model = LoadedModel(tiny, 512, 1, 512)
+    try:
+        scorer = ChoiceScorer(model)
+        for _, context, conts in _requests(model, MC_ROWS[:3]):
+            first, again = scorer.score(context, conts), scorer.score(context, conts)
+            for a, b, c in zip(first, again, scorer.score_naive(context, conts)):
+                assert a.logprob == pytest.approx(c.logprob, abs=1e-3)
+                assert b.logprob == pytest.approx(c.logprob, abs=1e-3)
+    finally:
+        model.close()
 
 
 def test_boundary_tokenization_takes_the_continuation_part(smol_model):

@@ -134,7 +134,8 @@ def test_context_overflow_drops_oldest_upstream_text_with_warning(make_stack):
     assert warnings and warnings[0].stage == "c" and "'a'" in warnings[0].message
     start_c = [e for e in events if isinstance(e, StageStart) and e.stage == "c"][0]
     result = events[-1]
-    assert result.stage("a").stats.generated_tokens == 90
+    # (how much "a" says before EOS depends on the CPU's kernels; what was cut is gone from the prompt)
+    assert warnings[0].dropped_tokens > 0 and start_c.prompt.count(result.stage("a").text[:20]) < 2
     assert isinstance(result, StackResult) and "Q: Which colours?" in start_c.prompt
     assert result.stage("c").stats.prompt_tokens + 40 <= 200
 
@@ -226,13 +227,15 @@ def test_stages_on_different_models_load_each_once(make_stack):
     assert all(s.stats.generated_tokens > 0 for s in result.stages)
 
 
+# A completion prompt whose examples make the model write the equation itself (the calculator reads
+# only generated text); a chat prompt's reply depends on the CPU's kernels (here: an explanation).
 CALCULATOR_STAGE = """
 [[stage]]
 name = "solve"
-template = "Write the multiplication 4817 * 2963 and its result, as: a * b = c"
-max_tokens = 24
+chat = false
+template = "Multiply 12 by 3.\\n12 * 3 = 36\\nMultiply 45 by 2.\\n45 * 2 = 90\\nMultiply 4817 by 2963.\\n"
+max_tokens = 32
 calculator = true
-drop_bos = true  # in this format the model writes the equation first (with <|im_start|> it explains)
 """
 
 
@@ -249,7 +252,7 @@ def test_calculator_writes_the_value_and_the_model_goes_on(make_stack):
     # written tokens count against max_tokens.
     rest = with_calculator.text[len("4817 * 2963 = 14272771"):]
     assert rest and not rest[0].isdigit()
-    assert with_calculator.stats.generated_tokens == 24 and with_calculator.stats.stop_reason == "length"
+    assert with_calculator.stats.generated_tokens == 32 and with_calculator.stats.stop_reason == "length"
 
 
 SAMPLED_STACK = """
