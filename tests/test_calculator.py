@@ -3,6 +3,8 @@
 from fractions import Fraction
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fslm_edge.calculator import Calculator, completion, evaluate, format_value
 
@@ -77,3 +79,18 @@ def test_calculator_follows_split_bytes_and_does_not_compute_twice():
     assert calc.feed(b" clips") is None
     euro = "€".encode()
     assert calc.feed(euro[:1]) is None and calc.feed(euro[1:] + b" 2 + 2 =") == " 4"
+
+
+
+_UNITS = st.sampled_from(["", " apples", " green hard hats", " pieces/house", " cups", " miles per hour"])
+_SIGNS = {"+": "+", "-": "-", "*": "*", "x": "*", "×": "*", "−": "-", "–": "-", "/": "/", "÷": "/"}
+
+
+@given(st.lists(st.tuples(st.integers(0, 10**6), _UNITS), min_size=2, max_size=4), st.data())
+def test_a_chain_with_unit_words_gets_its_exact_value(terms, data):
+    signs = [data.draw(st.sampled_from(sorted(_SIGNS))) for _ in terms[1:]]
+    text = f"So {terms[0][0]}{terms[0][1]}" + "".join(f" {sign} {n}{unit}" for (n, unit), sign in zip(terms[1:], signs))
+    # The same chain as plain arithmetic, with Python's precedence (* and / first), as the text reads
+    plain = f"{terms[0][0]}" + "".join(f" {_SIGNS[sign]} {n}" for (n, _), sign in zip(terms[1:], signs))
+    value = evaluate(plain)  # None after a division by zero
+    assert completion(text + " =") == (None if value is None else " " + format_value(value))
