@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..calculator import VERSION as CALCULATOR_VERSION
 from ..config import Sampling
 from ..engine import LoadedModel
 from ..formats import continuation
 from ..jsonlog import append_record, read_records
-from ..calculator import VERSION as CALCULATOR_VERSION
 from ..models import cache_dir, resolve_model
 from ..stagecache import StageOutputCache, stages_fingerprint
 from .data import BadRow, Example
