@@ -5,7 +5,7 @@
 At every "=" in the GSM8K train rationales (the text a solve stage learns to write) that is followed by
 a number, the calculator sees the rationale up to the "=" and writes a value or nothing. Counted: the
 value equals the rationale's number (to 0.01, a percentage either way), another value, or nothing. With
---against, an older calculator module (e.g. `git show 09cd05f:fslm_edge/calculator.py > /tmp/old.py`) is
+--against, an older calculator module (e.g. `git show 09cd05f:fslm_edge/calculator.py > old_calculator.py`) is
 counted beside it, with examples of where they differ.
 """
 
