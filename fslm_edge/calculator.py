@@ -115,20 +115,21 @@ def _trailing_expression(items: list[tuple[str, str]]) -> tuple[list[tuple[str, 
     return kept, any(text.endswith("%") for kind, text in kept if kind == "num")
 
 
+def _python(kept: list[tuple[str, str]], percent: str = "{}%") -> str:
+    """``kept`` as Python arithmetic; a percentage ``p%`` is written as ``percent.format(p)``."""
+    return " ".join(percent.format(t[:-1]) if t.endswith("%") else _OPERATOR_TEXT.get(t, t) for _, t in kept)
+
+
 def _percent_expression(kept: list[tuple[str, str]]) -> tuple[str, bool] | None:
     """Python arithmetic for ``kept`` and whether its value is a percentage."""
-    if len(kept) > 2 and kept[-1] == ("num", "100%") and _OPERATOR_TEXT.get(kept[-2][1], kept[-2][1]) == "*":
-        return f"({' '.join(_OPERATOR_TEXT.get(t, t) for _, t in kept[:-2])}) * 100", True  # "15 / 90 * 100%"
+    if len(kept) > 2 and kept[-1] == ("num", "100%") and _python(kept[-2:-1]) == "*":
+        return f"({_python(kept[:-2])}) * 100", True  # "15 / 90 * 100%"
     numbers = [text for kind, text in kept if kind == "num"]
-    operators = {_OPERATOR_TEXT.get(text, text) for kind, text in kept if kind == "op"}
-    all_percent = all(n.endswith("%") for n in numbers)
-    if all_percent and operators <= {"+", "-"}:
-        return " ".join(t.rstrip("%") if k == "num" else _OPERATOR_TEXT.get(t, t) for k, t in kept), True
+    if all(n.endswith("%") for n in numbers) and {_python([k]) for k in kept if k[0] == "op"} <= {"+", "-"}:
+        return _python(kept, "{}"), True
     if sum(n.endswith("%") for n in numbers) > 1:
         return None  # a product of percentages: is 60% * 50% 30% or 0.3? not guessed at
-    parts = [f"({t.rstrip('%')}/100)" if k == "num" and t.endswith("%") else _OPERATOR_TEXT.get(t, t)
-             for k, t in kept]
-    return " ".join(parts), False
+    return _python(kept, "({}/100)"), False
 
 
 def completion(text: str) -> str | None:
@@ -148,7 +149,7 @@ def completion(text: str) -> str | None:
             return None  # (a percentage after "$" would read "$60%")
         expression, is_percent = converted
     else:
-        expression, is_percent = " ".join(_OPERATOR_TEXT.get(t, t) for _, t in kept), False
+        expression, is_percent = _python(kept), False
     value = evaluate(expression)
     if value is None:
         return None
