@@ -50,11 +50,11 @@ def llama_cpp_logits(gguf: Path, sequences: Sequence[Sequence[int]], lora: Path 
                      n_threads: int = 2) -> list[np.ndarray]:
     import llama_cpp
 
-    from fslm_edge.engine import quiet_stderr
+    from fslm_edge.engine import open_llama, quiet_stderr
 
     n_ctx = max(len(s) for s in sequences) + 8
     with quiet_stderr():
-        llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
+        llm = open_llama(llama_cpp, str(gguf), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
                               verbose=False, n_threads=n_threads, lora_path=str(lora) if lora else None)
     try:
         out = []
@@ -72,10 +72,10 @@ def greedy(gguf: Path, prompts: Sequence[Sequence[int]], max_tokens: int, lora: 
     """Greedy continuations (llama.cpp), stopping at end-of-generation tokens."""
     import llama_cpp
 
-    from fslm_edge.engine import quiet_stderr
+    from fslm_edge.engine import open_llama, quiet_stderr
 
     with quiet_stderr():
-        llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=1024, verbose=False, n_threads=n_threads,
+        llm = open_llama(llama_cpp, str(gguf), n_ctx=1024, verbose=False, n_threads=n_threads,
                               lora_path=str(lora) if lora else None)
     try:
         results = []

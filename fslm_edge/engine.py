@@ -38,6 +38,41 @@ def read_chat_template(llm) -> ChatTemplate | None:
                         tokenizer_adds_bos=bool(llm._model.add_bos_token()))
 
 
+_AMX_LOCK = threading.Lock()
+
+
+def amx_in_build(llama_cpp) -> bool:
+    """Whether this llama.cpp build has ggml's AMX matmul kernels (a -march=native
+    build on a CPU that reports AMX)."""
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+
+
+def open_llama(llama_cpp, model_path: str, **kwargs):
+    """``llama_cpp.Llama(model_path, **kwargs)``, kept off ggml's AMX kernels.
+
+    ggml's AMX matmul dies of SIGILL (``tilezero`` in a worker thread: its tile
+    configuration is lost; llama.cpp PR 26954) on Sapphire Rapids machines seen
+    here, so where the build has them, the model is loaded without llama.cpp's
+    "extra" weight buffers (AMX, and the CPU repacking that comes with them) and
+    runs on the plain CPU kernels. ``FSLM_EDGE_AMX=1`` keeps them."""
+    if os.environ.get("FSLM_EDGE_AMX") == "1" or not amx_in_build(llama_cpp):
+        return llama_cpp.Llama(model_path=model_path, **kwargs)
+    module = llama_cpp.llama_cpp
+    defaults = module.llama_model_default_params
+
+    def without_extra_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with _AMX_LOCK:  # Llama() reads its model parameters from this function
+        module.llama_model_default_params = without_extra_buffers
+        try:
+            return llama_cpp.Llama(model_path=model_path, **kwargs)
+        finally:
+            module.llama_model_default_params = defaults
+
+
 @contextmanager
 def quiet_stderr():
     """llama.cpp prints load logs on fd 2; keep them off the user's terminal."""
@@ -70,8 +105,8 @@ class LoadedModel:
         self.n_ctx = n_ctx
         try:
             with quiet_stderr():
-                self.llm = llama_cpp.Llama(
-                    model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                self.llm = open_llama(
+                    llama_cpp, str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
                     n_batch=min(n_batch, n_ctx), use_mmap=True, verbose=False, logits_all=logits_all,
                 )
         except (ValueError, RuntimeError) as exc:

@@ -321,3 +321,21 @@ def test_select_mean_likelihood_compares_log_probability_per_token(make_stack):
     for total, per_token, n in zip(summed.sample_logprobs, mean.sample_logprobs, lengths):
         assert per_token == pytest.approx(total / n, abs=0.1)
     assert mean.chosen_sample == mean.sample_logprobs.index(max(mean.sample_logprobs)) + 1
+
+
+def test_models_load_off_ggml_amx_kernels_where_the_build_has_them(smollm2_path, monkeypatch):
+    """ggml's AMX matmul dies of SIGILL on the first batched decode on some AMX
+    CPUs; the runtime loads models without it (FSLM_EDGE_AMX=1 keeps it)."""
+    import llama_cpp
+
+    from fslm_edge.engine import amx_in_build, open_llama
+
+    monkeypatch.delenv("FSLM_EDGE_AMX", raising=False)
+    llm = open_llama(llama_cpp, str(smollm2_path), n_ctx=64, n_threads=2, verbose=False)
+    try:
+        assert llm.model_params.use_extra_bufts == (not amx_in_build(llama_cpp))
+        llm.eval(llm.tokenize(b"Several tokens decoded in one batch, the call that crashed."))
+        assert llm.n_tokens > 5
+    finally:
+        llm.close()
+    assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts  # the defaults are put back
