@@ -48,14 +48,12 @@ def torch_logits(model, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
 
 def llama_cpp_logits(gguf: Path, sequences: Sequence[Sequence[int]], lora: Path | None = None,
                      n_threads: int = 2) -> list[np.ndarray]:
-    import llama_cpp
-
     from fslm_edge.engine import open_llama, quiet_stderr
 
     n_ctx = max(len(s) for s in sequences) + 8
     with quiet_stderr():
-        llm = open_llama(llama_cpp, str(gguf), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                              verbose=False, n_threads=n_threads, lora_path=str(lora) if lora else None)
+        llm = open_llama(str(gguf), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
+                         verbose=False, n_threads=n_threads, lora_path=str(lora) if lora else None)
     try:
         out = []
         for seq in sequences:
@@ -75,8 +73,8 @@ def greedy(gguf: Path, prompts: Sequence[Sequence[int]], max_tokens: int, lora: 
     from fslm_edge.engine import open_llama, quiet_stderr
 
     with quiet_stderr():
-        llm = open_llama(llama_cpp, str(gguf), n_ctx=1024, verbose=False, n_threads=n_threads,
-                              lora_path=str(lora) if lora else None)
+        llm = open_llama(str(gguf), n_ctx=1024, verbose=False, n_threads=n_threads,
+                         lora_path=str(lora) if lora else None)
     try:
         results = []
         for prompt in prompts:

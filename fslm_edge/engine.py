@@ -47,7 +47,7 @@ def amx_in_build(llama_cpp) -> bool:
     return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
 
 
-def open_llama(llama_cpp, model_path: str, **kwargs):
+def open_llama(model_path: str, **kwargs):
     """``llama_cpp.Llama(model_path, **kwargs)``, kept off ggml's AMX kernels.
 
     ggml's AMX matmul dies of SIGILL (``tilezero`` in a worker thread: its tile
@@ -55,6 +55,8 @@ def open_llama(llama_cpp, model_path: str, **kwargs):
     here, so where the build has them, the model is loaded without llama.cpp's
     "extra" weight buffers (AMX, and the CPU repacking that comes with them) and
     runs on the plain CPU kernels. ``FSLM_EDGE_AMX=1`` keeps them."""
+    import llama_cpp
+
     if os.environ.get("FSLM_EDGE_AMX") == "1" or not amx_in_build(llama_cpp):
         return llama_cpp.Llama(model_path=model_path, **kwargs)
     module = llama_cpp.llama_cpp
@@ -106,7 +108,7 @@ class LoadedModel:
         try:
             with quiet_stderr():
                 self.llm = open_llama(
-                    llama_cpp, str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                    str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
                     n_batch=min(n_batch, n_ctx), use_mmap=True, verbose=False, logits_all=logits_all,
                 )
         except (ValueError, RuntimeError) as exc:

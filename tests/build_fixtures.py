@@ -99,12 +99,10 @@ def write_stack(folder: Path, model: Path, data: str, extra: str = "", name: str
 
 
 def logits_llama_cpp(path: Path, tokens: list[int], lora: Path | None = None) -> np.ndarray:
-    import llama_cpp
-
     from fslm_edge.engine import open_llama
 
-    llm = open_llama(llama_cpp, str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2,
-                          lora_path=str(lora) if lora else None)
+    llm = open_llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2,
+                     lora_path=str(lora) if lora else None)
     try:
         llm.eval(tokens)
         return np.array(llm.scores[: len(tokens)], dtype=np.float64)

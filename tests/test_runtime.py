@@ -331,7 +331,7 @@ def test_models_load_off_ggml_amx_kernels_where_the_build_has_them(smollm2_path,
     from fslm_edge.engine import amx_in_build, open_llama
 
     monkeypatch.delenv("FSLM_EDGE_AMX", raising=False)
-    llm = open_llama(llama_cpp, str(smollm2_path), n_ctx=64, n_threads=2, verbose=False)
+    llm = open_llama(str(smollm2_path), n_ctx=64, n_threads=2, verbose=False)
     try:
         assert llm.model_params.use_extra_bufts == (not amx_in_build(llama_cpp))
         llm.eval(llm.tokenize(b"Several tokens decoded in one batch, the call that crashed."))
