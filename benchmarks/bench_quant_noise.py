@@ -1,6 +1,6 @@
 """Where torch and llama.cpp part on a Q4_1 base: llama.cpp's 8-bit activation rounding.
 
-    python benchmarks/bench_quant_noise.py --data-dir ../shared/data [--tokens 1000]
+    python benchmarks/bench_quant_noise.py --data-dir ../shared/data [--tokens 1000] [--each-matrix]
 
 llama.cpp multiplies a Q4_1 weight by activations it first rounds to Q8_1 (blocks of 32 values, one
 fp16 scale each, integers in -127..127); Q8_0 weights (SmolLM2's tied embedding and output) by
@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--tokens", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--each-matrix", action="store_true", help="also each of block 0's matrices alone")
     args = parser.parse_args()
 
     from convert.compare import agreement, llama_cpp_logits, torch_logits
@@ -146,7 +147,9 @@ def main() -> None:
           f"agreement {whole.agreement:.2%}, mean KL {whole.mean_kl:.2e}")
     print(f"{'tensors kept quantized':<28}{'vs plain torch':>28}{'vs torch rounding like llama.cpp':>36}")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, keep in CASES:
+        each = [(f"blk.0.{m}", [f"blk.0.{m}."]) for m in ("attn_q", "attn_k", "attn_v", "attn_output",
+                                                           "ffn_gate", "ffn_up")]
+        for label, keep in CASES + (each if args.each_matrix else []):
             copy = Path(tmp) / "partial.gguf"
             write_partial_copy(base, copy, keep)
             cpp = llama_cpp_logits(copy, sequences, n_threads=args.threads)
