@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 CASES = [("blk.0.ffn_down", ["blk.0.ffn_down."]), ("blk.0 (7 matrices)", ["blk.0."]),
          ("blk.0-2 (21)", ["blk.0.", "blk.1.", "blk.2."]), ("every block (210)", ["blk."]),
          ("token_embd / output (Q8_0)", ["token_embd."])]
+EACH_MATRIX = [(f"blk.0.{m}", [f"blk.0.{m}."])
+               for m in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up")]
 
 
 def round_like_q8(x, torch):
@@ -64,27 +66,19 @@ def q4_1_mins(reader, arch, n_head, n_kv) -> dict:
     return out
 
 
-def write_partial_copy(src: Path, dst: Path, keep: list[str]) -> None:
-    """``src`` with tensors named by a prefix in ``keep`` stored as they are, every other one as F32."""
-    import gguf
+def write_partial_copy(reader, arch: str, dst: Path, keep: list[str]) -> None:
+    """The base with tensors named by a prefix in ``keep`` stored as they are, every other one as F32."""
+    from convert.gguf_model import copy_kv
+    from convert.gguf_out import GGUFOut
 
-    reader = gguf.GGUFReader(str(src))
-    writer = gguf.GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
-    for name, fld in reader.fields.items():
-        if not name.startswith("GGUF.") and name != "general.architecture":
-            kind = fld.types[0]
-            writer.add_key_value(name, fld.contents(), kind,
-                                 sub_type=fld.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
-    for t in reader.tensors:
-        if any(t.name.startswith(k) for k in keep) and t.tensor_type != gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(t.name, np.asarray(t.data), raw_shape=t.data.shape, raw_dtype=t.tensor_type)
-        else:
-            values = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
-            writer.add_tensor(t.name, values.reshape(tuple(int(n) for n in reversed(t.shape))))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    with GGUFOut(dst, arch) as out:
+        copy_kv(reader, out)
+        for t in reader.tensors:
+            if any(t.name.startswith(k) for k in keep) and t.tensor_type.name != "F32":
+                out.add_tensor(t.name, reader.raw(t), raw_dtype=t.tensor_type)
+            else:
+                out.add_tensor(t.name, reader.dequantize(t))
+        out.commit()
 
 
 def emulating_model(base: Path, arch: str, mins: dict, keep: list[str]):
@@ -147,11 +141,9 @@ def main() -> None:
           f"agreement {whole.agreement:.2%}, mean KL {whole.mean_kl:.2e}")
     print(f"{'tensors kept quantized':<28}{'vs plain torch':>28}{'vs torch rounding like llama.cpp':>36}")
     with tempfile.TemporaryDirectory() as tmp:
-        each = [(f"blk.0.{m}", [f"blk.0.{m}."]) for m in ("attn_q", "attn_k", "attn_v", "attn_output",
-                                                           "ffn_gate", "ffn_up")]
-        for label, keep in CASES + (each if args.each_matrix else []):
+        for label, keep in CASES + (EACH_MATRIX if args.each_matrix else []):
             copy = Path(tmp) / "partial.gguf"
-            write_partial_copy(base, copy, keep)
+            write_partial_copy(reader, arch, copy, keep)
             cpp = llama_cpp_logits(copy, sequences, n_threads=args.threads)
             a = agreement(plain, cpp)
             b = agreement(torch_logits(emulating_model(base, arch, mins, keep), sequences), cpp)
