@@ -130,3 +130,27 @@ _register_build(main)
 from .evaluation.cli import eval_command as _eval  # noqa: E402  (issue 4)
 
 main.add_command(_eval)
+
+
+# -- serve: the HTTP server (fslm_edge/server, the `server` extra), imported only when it runs ---
+@main.command()
+@click.argument("stacks", nargs=-1, required=True, metavar="STACK [STACK ...]")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option("--api-key", envvar="FSLM_EDGE_API_KEY", default=None, help="Require 'Authorization: Bearer KEY'.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Stack instances per model id (several: one llama.cpp thread each).")
+@click.option("--queue", "max_waiting", default=16, show_default=True, type=click.IntRange(0, 100000),
+              help="Requests that may wait per model id; more get 503.")
+@click.option("--timeout", "timeout_s", default=300.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Seconds per request, waiting included.")
+@click.option("--max-body", "max_body_bytes", default=1 << 20, show_default=True, type=click.IntRange(1),
+              help="Largest request body in bytes (more: 413).")
+@click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="Override a setting of every STACK.")
+def serve(stacks: tuple[str, ...], sets: tuple[str, ...], **options) -> None:
+    """Serve STACKs (stack files or model references) over an OpenAI-compatible HTTP API (docs/server.md)."""
+    try:
+        from .server.main import serve as run_server
+    except ImportError as exc:
+        raise InputError(f"serve needs the server extra ({exc.name} is missing): pip install -e '.[server]'") from None
+    run_server(stacks, overrides=parse_overrides(sets), debug=bool(os.environ.get("FSLM_EDGE_VERBOSE")), **options)

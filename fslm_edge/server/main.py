@@ -1,0 +1,105 @@
+"""``fslm-edge serve``: load the stacks, bind the socket, run uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import InputError
+from ..stack import Stack
+from .app import Settings, create_app
+from .workers import ModelWorkers
+
+
+def load_models(refs: Sequence[str], workers: int, overrides: Mapping[str, Any], max_waiting: int,
+                log=print) -> dict[str, ModelWorkers]:
+    """Each stack file or model reference ``workers`` times, keyed by its
+    ``[stack] name``. With several workers each runs llama.cpp on one thread
+    (the cores are shared between them)."""
+    if workers < 1:
+        raise InputError("--workers must be at least 1")
+    settings = dict(overrides)
+    if workers > 1:
+        settings["stack.threads"] = 1
+    models: dict[str, ModelWorkers] = {}
+    try:
+        for ref in refs:
+            stacks = [Stack.load(ref, settings or None)]
+            name = stacks[0].config.name
+            if name in models:
+                stacks[0].close()
+                raise InputError(f"{ref}: the model id '{name}' is served already (from another STACK); "
+                                 "give the stack another [stack] name")
+            models[name] = ModelWorkers.create(name, stacks, max_waiting)
+            stacks.extend(Stack.load(ref, settings or None) for _ in range(workers - 1))
+            log(f"fslm-edge: loaded '{name}' from {ref} ({workers} worker{'s' if workers > 1 else ''}, "
+                f"stages: {', '.join(s.name for s in stacks[0].config.stages)})")
+    except BaseException:
+        for loaded in models.values():
+            loaded.close()
+        raise
+    return models
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (``port`` 0: a free one, printed at start)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise InputError(f"--host {host!r}: cannot resolve it ({exc.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(refs: Sequence[str], host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
+          workers: int = 1, max_waiting: int = 16, timeout_s: float = 300.0, max_body_bytes: int = 1 << 20,
+          overrides: Mapping[str, Any] | None = None, debug: bool = False) -> None:
+    import uvicorn
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    if max_waiting < 0 or timeout_s <= 0 or max_body_bytes <= 0:
+        raise InputError("--queue must be >= 0, --timeout and --max-body positive")
+    if not is_loopback(host) and not api_key:
+        log(f"warning: listening on {host} without an API key: anyone who can reach this machine can use "
+            "the server; set --api-key KEY (or FSLM_EDGE_API_KEY)")
+    sock = bind(host, port)
+    try:
+        models = load_models(refs, workers, overrides or {}, max_waiting, log)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        settings = Settings(api_key=api_key or None, timeout_s=timeout_s, max_body_bytes=max_body_bytes,
+                            debug=debug)
+        config = uvicorn.Config(create_app(models, settings), log_level="info" if debug else "warning",
+                                access_log=debug, timeout_graceful_shutdown=5)
+        bound_host, bound_port = sock.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        log(f"fslm-edge: serving {', '.join(models)} at http://{shown}:{bound_port}/v1 (Ctrl-C stops)")
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        for loaded in models.values():
+            loaded.close()
