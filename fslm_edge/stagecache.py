@@ -8,22 +8,20 @@ variant that changes only its last stage reuses the earlier stages' texts).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from .calculator import VERSION as CALCULATOR_VERSION
 from .config import StageConfig
-from .jsonlog import append_record, read_records
-from .models import file_sha256
+from .fileio import append_record, fingerprint, read_records, sha256_file
 
 
 def stages_fingerprint(context_size: int, stages: Sequence[StageConfig], extra: str = "") -> str:
     """Everything that decides what ``stages`` say for a given input."""
     parts = []
     for s in stages:
-        adapter = file_sha256(s.adapter) if s.adapter is not None else None
+        adapter = sha256_file(s.adapter) if s.adapter is not None else None
         part = [s.name, s.template, s.model, s.system, s.chat, repr(s.sampling), adapter, s.adapter_scale]
         # (caches made before these keys existed stay valid: calculator off, BOS dropped)
         part += [f"calculator-{CALCULATOR_VERSION}"] if s.calculator else []
@@ -41,7 +39,7 @@ class StageOutputCache:
         self._records = {r.pop("key"): r for r in read_records(self.path) if "key" in r}
 
     def key(self, stack_input: str) -> str:
-        return hashlib.sha1(f"{self._fingerprint}\n{stack_input}".encode()).hexdigest()
+        return fingerprint(self._fingerprint, stack_input)
 
     def get(self, stack_input: str) -> dict | None:
         return self._records.get(self.key(stack_input))
