@@ -18,7 +18,15 @@ from __future__ import annotations
 import string
 
 LETTERS = string.ascii_uppercase
+MAX_CHOICES = len(LETTERS)  # options are lettered A-Z
 YES_NO = ("yes", "no")
+
+
+def check_letterable(choices: list) -> None:
+    """ValueError unless every choice can get a letter."""
+    if len(choices) > MAX_CHOICES:
+        raise ValueError(f"{len(choices)} choices, but options are lettered A-Z (at most {MAX_CHOICES}); "
+                         "split the question or drop choices")
 
 
 def as_multiple_choice(row: dict) -> tuple[list, object]:
@@ -39,6 +47,7 @@ def continuation(prompt: str, text: str) -> str:
 
 
 def lettered_options(choices: list[str]) -> str:
+    check_letterable(choices)
     return "\n".join(f"{LETTERS[i]}. {choice}" for i, choice in enumerate(choices))
 
 
@@ -52,12 +61,17 @@ def mc_input(question: str, choices: list[str], passage: str | None = None) -> s
 
 
 def derived_field(row: dict, key: str) -> str | None:
-    """A derived field of a multiple-choice row, or None if ``key`` is not one."""
+    """A derived field of a multiple-choice row, or None if ``key`` is not one
+    (ValueError if the row has more choices than letters)."""
+    if key not in ("question_with_choices", "answer_text", "answer_letter"):
+        return None
     choices, answer = as_multiple_choice(row)
     if not isinstance(choices, list) or not isinstance(answer, int) or isinstance(answer, bool):
         return None
     if not 0 <= answer < len(choices):
         return None
+    if key != "answer_text":
+        check_letterable(choices)
     if key == "question_with_choices" and isinstance(row.get("question"), str):
         return mc_input(row["question"], [str(c) for c in choices])
     if key == "answer_text":

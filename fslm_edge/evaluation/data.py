@@ -8,14 +8,13 @@ Multiple choice rows: ``question``, ``choices`` (list of strings), ``answer``
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DatasetError
-from ..formats import as_multiple_choice
+from ..fileio import BadLine, read_jsonl
+from ..formats import as_multiple_choice, check_letterable
 
 SPLIT_FALLBACK = ("test", "dev", "validation")
 
@@ -30,20 +29,7 @@ class Example:
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
 
-@dataclass(frozen=True)
-class BadRow:
-    path: str
-    line: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.reason}"
-
-
-def _open(path: Path):
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+BadRow = BadLine  # a skipped row: path, line, reason
 
 
 def _text(row: dict, key: str, required: bool = True) -> str:
@@ -67,6 +53,7 @@ def parse_mc(row: dict, number: int, stem: str) -> Example:
                          else f"'answer' must be an integer index, got {answer!r}")
     if not 0 <= answer < len(choices):
         raise ValueError(f"answer index {answer} out of range for {len(choices)} choices")
+    check_letterable(choices)
     extra = {k: row[k] for k in ("subject",) if isinstance(row.get(k), str)}
     return Example(str(row.get("id", f"{stem}_{number}")), question, answer, tuple(choices),
                    _text(row, "context", required=False), extra)
@@ -76,37 +63,35 @@ def parse_gen(row: dict, number: int, stem: str) -> Example:
     question = _text(row, "question")
     answer = row.get("answer")
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
-        raise ValueError("missing field 'answer' (the final short answer)")
+        raise ValueError("missing field 'answer' (the final short answer)" if answer is None
+                         else f"field 'answer' must be a string or a number, got {type(answer).__name__}")
     return Example(str(row.get("id", f"{stem}_{number}")), question, str(answer).strip())
 
 
 def read_examples(path: Path, kind: str, skip_bad: bool = False, bad: list[BadRow] | None = None
                   ) -> list[Example]:
     """All examples of a JSONL file; a bad row is a DatasetError (file:line)
-    unless ``skip_bad``, then it is appended to ``bad`` and skipped."""
+    unless ``skip_bad``, then it is appended to ``bad`` and skipped. A file
+    with no usable row is a DatasetError either way (a score over nothing
+    would look like a result)."""
+    path = Path(path)
     parse = parse_mc if kind == "mc" else parse_gen
     stem = path.name.split(".")[0]
+    fix = "fix or delete the row (use --skip-bad to skip bad rows)"
+    bad = [] if bad is None else bad
     examples = []
-    try:
-        handle = _open(path)
-    except OSError as exc:
-        raise DatasetError(f"cannot read {path}: {exc.strerror}") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError("a row must be a JSON object")
-                examples.append(parse(row, number, stem))
-            except ValueError as exc:  # json.JSONDecodeError is a ValueError
-                reason = f"not JSON ({exc.msg})" if isinstance(exc, json.JSONDecodeError) else str(exc)
-                problem = BadRow(str(path), number, reason)
-                if not skip_bad:
-                    raise DatasetError(f"{problem} (use --skip-bad to skip bad rows)") from None
-                if bad is not None:
-                    bad.append(problem)
+    for number, row in read_jsonl(path, skip_bad=skip_bad, bad=bad, fix=fix):
+        try:
+            examples.append(parse(row, number, stem))
+        except ValueError as exc:
+            problem = BadRow(str(path), number, str(exc))
+            if not skip_bad:
+                raise DatasetError(f"{problem}; {fix}") from None
+            bad.append(problem)
+    if not examples:
+        what = f"all {len(bad)} rows are bad" if bad else "it has no rows"
+        raise DatasetError(f"{path}: no examples to evaluate ({what}); give a JSONL file with one JSON object "
+                           "per line")
     return examples
 
 
