@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
+from .chat_template import render_chat_template
 from .config import StageConfig
 from .templates import render_template
 
@@ -31,13 +31,8 @@ class ChatTemplate:
     tokenizer_adds_bos: bool = True
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        template = _compile(self.source)
-        return template.render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token,
-            eos_token=self.eos_token,
-        )
+        return render_chat_template(self.source, messages, bos_token=self.bos_token, eos_token=self.eos_token,
+                                    add_generation_prompt=add_generation_prompt)
 
     def prompt(self, messages: list[dict[str, str]], drop_bos: bool = False) -> str:
         """The rendered conversation up to the assistant's turn, as text for a
@@ -47,19 +42,6 @@ class ChatTemplate:
         if self.bos_token and text.startswith(self.bos_token) and (self.tokenizer_adds_bos or drop_bos):
             return text[len(self.bos_token):]
         return text
-
-
-@lru_cache(maxsize=16)
-def _compile(source: str):
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-    def raise_exception(message):
-        raise ValueError(message)
-
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(source)
 
 
 def stage_user_text(stage: StageConfig, values: Mapping[str, str]) -> str:
