@@ -9,34 +9,124 @@ where possible, the key and the closest valid name.
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import json
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
 
 from .errors import InputError, StackFileError
+from .keys import REQUIRED, Key, between, by_name, check_table, short_repr, suggest
 from .recipe import TrainRecipe, parse_recipe
 from .templates import TemplateSyntaxError, template_fields
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 RESERVED_NAMES = ("input", "stack")
+SELECTORS = ("majority", "likelihood", "mean-likelihood")
+MAX_CONTEXT = 1 << 20  # tokens; llama.cpp models here have 8k-128k
+MAX_SAMPLES = 64
+MAX_NESTING = 64  # TOML tables and arrays inside each other (tomllib recurses)
+MAX_STACK_FILE_BYTES = 4 << 20
+MAX_SCHEMA_FILE_BYTES = 1 << 20
+
+
+def default_threads() -> int:
+    """Threads for a model when the stack says 0: one fewer than the cores this
+    process may use (at least 1, at most 8). llama.cpp's worker threads spin
+    while they wait, so a thread per core collapses (about 25x slower here) as
+    soon as another process keeps one core busy; a core left free keeps a shared
+    machine usable (``benchmarks/bench_runtime.py`` measures both)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores - 1))
+
+
+_POSITIVE_INT = "a positive integer"
+_BOOL = "true or false"
+
+STACK_KEYS: tuple[Key, ...] = (
+    Key("name", (str,), REQUIRED, "a string", "the stack's name (the model id `serve` gives it)"),
+    Key("description", (str,), "", "a string", "one line shown by `info`", shown_default="\"\""),
+    Key("model", (str,), DEFAULT_MODEL, "a model reference string",
+        "default model of every stage: a built-in name, a `.gguf` path (relative to the file) or `hf://owner/repo/file.gguf`"),
+    Key("context_size", (int,), 2048, f"an integer in [16, {MAX_CONTEXT}]", "tokens of context per model",
+        between(16, MAX_CONTEXT)),
+    Key("threads", (int,), 0, "an integer in [0, 256] (0 = automatic)",
+        "llama.cpp threads; 0 = one fewer than the cores (at least 1, at most 8)", between(0, 256)),
+    Key("batch_size", (int,), 512, f"an integer in [1, {MAX_CONTEXT}]", "prompt tokens decoded per llama.cpp batch",
+        between(1, MAX_CONTEXT)),
+    Key("gpu_layers", (int,), 0, "an integer >= -1 (-1 = all)",
+        "layers offloaded to the GPU (-1 = all); a CPU-only build warns and runs on the CPU", lambda v: v >= -1),
+    Key("show_choices", (bool,), True, _BOOL,
+        "likelihood evaluation: whether `{input}` lists the lettered choices after the question"),
+    Key("drop_bos", (bool,), False, _BOOL, "every stage's default for `drop_bos`"),
+)
+
+STAGE_KEYS: tuple[Key, ...] = (
+    Key("name", (str,), REQUIRED, "a string", "unique; later templates refer to it as `{name}`"),
+    Key("template", (str,), REQUIRED, "a string",
+        "the user text: `{input}`, `{question}`, `{options}` and earlier stages' `{name}`"),
+    Key("model", (str,), None, "a model reference string", "this stage's model", shown_default="[stack] model"),
+    Key("adapter", (str,), None, "a path to a LoRA GGUF file", "LoRA GGUF over the model, relative to the stack file"),
+    Key("adapter_scale", (int, float), 1.0, "a number in [-100, 100]", "LoRA scale (0 = no adapter)",
+        between(-100, 100)),
+    Key("chat", (bool,), True, _BOOL, "wrap the text in the model's chat template"),
+    Key("drop_bos", (bool,), False, _BOOL, "drop the chat template's leading BOS text (adapters trained that way)",
+        shown_default="[stack] drop_bos"),
+    Key("system", (str,), None, "a string", "system prompt"),
+    Key("calculator", (bool,), False, _BOOL, "the runtime writes the value after `<arithmetic> =`"),
+    Key("samples", (int,), 1, f"an integer in [1, {MAX_SAMPLES}]",
+        "self-consistency: run this stage and the later ones k times", between(1, MAX_SAMPLES)),
+    Key("select", (str,), "majority", '"majority", "likelihood" or "mean-likelihood"',
+        "how the answer is picked among samples", values=SELECTORS),
+    Key("choices", (list,), None, "a non-empty list of non-empty strings",
+        "structured output: the text is exactly one of these strings",
+        lambda v: bool(v) and all(isinstance(c, str) and c for c in v)),
+    Key("choices_from_input", (bool,), False, _BOOL,
+        "structured output: when the question lists lettered options, the text is exactly one option's text"),
+    Key("grammar", (str,), None, "a path to a GBNF file",
+        "structured output: llama.cpp GBNF, relative to the stack file"),
+    Key("json_schema", (str, dict), None, "a path to a JSON file or an inline table",
+        "structured output: the text is JSON that validates against this schema"),
+    Key("max_tokens", (int,), 256, f"an integer in [1, {MAX_CONTEXT}]", "most tokens generated",
+        between(1, MAX_CONTEXT)),
+    Key("temperature", (int, float), 0.0, "a number in [0, 100]", "0 = greedy", between(0, 100)),
+    Key("top_p", (int, float), 0.95, "a number in (0, 1]", "nucleus sampling", lambda v: 0 < v <= 1),
+    Key("top_k", (int,), 40, "an integer in [0, 1000000]", "top-k sampling (0 = off)", between(0, 1_000_000)),
+    Key("min_p", (int, float), 0.05, "a number in [0, 1]", "min-p sampling", between(0, 1)),
+    Key("repeat_penalty", (int, float), 1.1, "a number in (0, 100]", "llama.cpp repeat penalty",
+        lambda v: 0 < v <= 100),
+    Key("seed", (int,), None, "an integer in [0, 2**32)", "sampling seed", between(0, 2**32 - 1)),
+    Key("stop", (list,), (), "a list of non-empty strings", "stop strings (not part of the text)",
+        lambda v: all(isinstance(s, str) and s for s in v), shown_default="[]"),
+    Key("train", (dict,), None, "a table (the stage's training recipe)", "the `[stage.train]` recipe (below)"),
+)
+_STACK = by_name(STACK_KEYS)
+_STAGE = by_name(STAGE_KEYS)
+SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop")
+_TOP_KEYS = ("stack", "stage")
 
 
 @dataclass(frozen=True)
 class Sampling:
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.1
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
+    max_tokens: int = _STAGE["max_tokens"].default
+    temperature: float = _STAGE["temperature"].default
+    top_p: float = _STAGE["top_p"].default
+    top_k: int = _STAGE["top_k"].default
+    min_p: float = _STAGE["min_p"].default
+    repeat_penalty: float = _STAGE["repeat_penalty"].default
+    seed: int | None = _STAGE["seed"].default
+    stop: tuple[str, ...] = _STAGE["stop"].default
 
 
 @dataclass(frozen=True)
@@ -50,16 +140,16 @@ class StageConfig:
     system: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
     train: TrainRecipe | None = None
-    # Write the value after "<arithmetic expression> =" instead of letting the model compute it.
     calculator: bool = False
-    # Self-consistency: > 1 runs this stage (sampled, seeds seed, seed + 1, ...) and every later
-    # stage that many times; ``select`` picks the answer: "majority" (the most common final
-    # answer), "likelihood" (the sample whose text for this stage its model finds most likely) or
-    # "mean-likelihood" (the same per token).
     samples: int = 1
     select: str = "majority"
-    # Drop the chat template's leading BOS text even where the tokenizer adds none (prompts.py).
     drop_bos: bool = False
+    choices: tuple[str, ...] | None = None
+    choices_from_input: bool = False
+    grammar: str | None = None  # GBNF text, read from grammar_file
+    grammar_file: Path | None = None
+    json_schema: dict | None = None
+    source: str = ""  # the stack file, for error messages
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -74,12 +164,11 @@ class StackConfig:
     description: str = ""
     model: str = DEFAULT_MODEL
     context_size: int = 2048
-    threads: int = 0  # 0: one per physical core, at most 8
+    threads: int = 0
     batch_size: int = 512
-    # Multiple-choice evaluation: whether the stack's {input} lists the lettered choices after the
-    # question (true) or is the bare question (false). The choices are scored against the last stage
-    # either way.
     show_choices: bool = True
+    gpu_layers: int = 0
+    source: str = ""  # what was loaded: the stack file, or the model reference of a one-stage stack
 
     @property
     def base_dir(self) -> Path:
@@ -93,9 +182,25 @@ class StackConfig:
 
     @property
     def n_threads(self) -> int:
-        if self.threads > 0:
-            return self.threads
-        return max(1, min(8, os.cpu_count() or 1))
+        return self.threads if self.threads > 0 else default_threads()
+
+
+def _toml(text: str):
+    """tomllib.loads, with nesting bounded first (tomllib recurses per level)."""
+    depth = 0
+    deepest = 0
+    for char in text:  # brackets and braces inside strings count too: a bound, not a parser
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    if deepest > MAX_NESTING:
+        raise tomllib.TOMLDecodeError(f"arrays or tables nested more than {MAX_NESTING} deep")
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise tomllib.TOMLDecodeError(f"arrays or tables nested more than {MAX_NESTING} deep") from None
 
 
 def parse_override_items(items, what: str = "--set") -> dict[str, object]:
@@ -106,9 +211,13 @@ def parse_override_items(items, what: str = "--set") -> dict[str, object]:
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
             raise InputError(f"{what} {item!r}: write stage.key=value (e.g. answer.temperature=0.7)")
+        if "\x00" in item:
+            raise InputError(f"{what} {short_repr(item)}: contains a NUL character")
         try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
+            value = _toml(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            if "nested" in str(exc):
+                raise InputError(f"{what} {short_repr(item)}: {exc}") from None
             value = raw
         overrides[key.strip()] = value
     return overrides
@@ -124,51 +233,45 @@ def split_stack_ref(ref: str) -> tuple[str, dict[str, object]]:
     return ref, {}
 
 
-# key -> (accepted python types, description used in errors)
-_STACK_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
-    "name": ((str,), "a string"),
-    "description": ((str,), "a string"),
-    "model": ((str,), "a model reference string"),
-    "context_size": ((int,), "a positive integer"),
-    "threads": ((int,), "an integer (0 = automatic)"),
-    "batch_size": ((int,), "a positive integer"),
-    "show_choices": ((bool,), "true or false"),
-    "drop_bos": ((bool,), "true or false"),
-}
-_STAGE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
-    "name": ((str,), "a string"),
-    "template": ((str,), "a string"),
-    "model": ((str,), "a model reference string"),
-    "adapter": ((str,), "a path to a LoRA GGUF file"),
-    "adapter_scale": ((int, float), "a number"),
-    "chat": ((bool,), "true or false"),
-    "drop_bos": ((bool,), "true or false"),
-    "system": ((str,), "a string"),
-    "calculator": ((bool,), "true or false"),
-    "samples": ((int,), "an integer >= 1"),
-    "select": ((str,), '"majority", "likelihood" or "mean-likelihood"'),
-    "max_tokens": ((int,), "a positive integer"),
-    "temperature": ((int, float), "a number >= 0"),
-    "top_p": ((int, float), "a number in (0, 1]"),
-    "top_k": ((int,), "an integer >= 0"),
-    "min_p": ((int, float), "a number in [0, 1]"),
-    "repeat_penalty": ((int, float), "a number > 0"),
-    "seed": ((int,), "an integer"),
-    "stop": ((list,), "a list of strings"),
-    "train": ((dict,), "a table (the stage's training recipe)"),
-}
-SELECTORS = ("majority", "likelihood", "mean-likelihood")
-_SAMPLING_KEYS = {f.name for f in dataclasses.fields(Sampling)}
-_TOP_KEYS = ("stack", "stage")
+def is_stack_ref(ref: str) -> bool:
+    """Whether ``ref`` names a stack file (``.toml``, maybe with ``[settings]``)
+    rather than a model."""
+    path, _ = split_stack_ref(ref)
+    return path.endswith(".toml")
+
+
+def load_target_config(ref: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> StackConfig:
+    """A stack file, or a model reference as a one-stage chat stack named after
+    the model (``builtin:smollm2-135m-instruct``, ``model.gguf``): what ``run``,
+    ``serve`` and ``eval --mode generate`` accept."""
+    ref = os.fspath(ref)
+    if is_stack_ref(ref) or Path(ref).suffix == ".toml":
+        path, inline = split_stack_ref(ref)
+        return load_stack_config(path, {**inline, **(overrides or {})})
+    return model_stack_config(ref, overrides)
+
+
+def model_stack_config(ref: str, overrides: Mapping[str, Any] | None = None) -> StackConfig:
+    """One stage, ``template = "{input}"``, chat on: the model as a user types to it."""
+    name = Path(ref.removeprefix("builtin:")).name.removesuffix(".gguf") or "model"
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
+    text = f"[stack]\nname = {json.dumps(safe)}\nmodel = {json.dumps(ref)}\n\n" \
+           '[[stage]]\nname = "answer"\ntemplate = "{input}"\n'
+    config = parse_stack_text(text, Path.cwd() / f"{safe}.model", overrides)
+    return dataclasses.replace(config, source=ref)
 
 
 def load_stack_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> StackConfig:
     """Read and validate a stack file; ``overrides`` maps ``stage.key`` (or
     ``*.key`` for every stage, ``stack.key`` for the stack) to a value."""
+    if "\x00" in os.fspath(path):
+        raise StackFileError(short_repr(os.fspath(path)), "the path contains a NUL character")
     path = Path(path)
     if not path.is_file():
         raise StackFileError(path, "no such stack file; check the path (stacks live in stacks/*.toml)")
     try:
+        if path.stat().st_size > MAX_STACK_FILE_BYTES:
+            raise StackFileError(path, f"larger than {MAX_STACK_FILE_BYTES >> 20} MB; a stack file is a few KB")
         source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise StackFileError(path, f"cannot read the file as UTF-8 text ({exc})") from None
@@ -178,7 +281,7 @@ def load_stack_config(path: str | os.PathLike, overrides: Mapping[str, Any] | No
 def parse_stack_text(source: str, path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> StackConfig:
     path = Path(path)
     try:
-        data = tomllib.loads(source)
+        data = _toml(source)
     except tomllib.TOMLDecodeError as exc:
         found = re.search(r"\(at line (\d+), column \d+\)", str(exc))
         line = getattr(exc, "lineno", None) or (int(found.group(1)) if found else None)
@@ -186,7 +289,8 @@ def parse_stack_text(source: str, path: str | os.PathLike, overrides: Mapping[st
         raise StackFileError(path, f"invalid TOML: {message}", line=line) from None
     ctx = _Context(path, source)
     _apply_overrides(data, overrides or {}, ctx)
-    return _build_config(data, ctx)
+    config = _build_config(data, ctx)
+    return dataclasses.replace(config, source=str(path))
 
 
 class _Context:
@@ -222,14 +326,10 @@ class _Context:
         return start
 
 
-def _suggest(name: str, valid) -> str:
-    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(sorted(valid))})"
-
-
 def _apply_overrides(data: dict, overrides: Mapping[str, Any], ctx: _Context) -> None:
     stages = data.get("stage") if isinstance(data.get("stage"), list) else []
-    names = [s.get("name") if isinstance(s, dict) else None for s in stages]
+    tables = [s for s in stages if isinstance(s, dict)]  # other entries are refused later, with their index
+    names = [s.get("name") for s in tables]
     for dotted, value in overrides.items():
         target, _, key = str(dotted).partition(".")
         if not key:
@@ -240,84 +340,77 @@ def _apply_overrides(data: dict, overrides: Mapping[str, Any], ctx: _Context) ->
                 data["stack"] = {}
             data["stack"][key] = value
         elif target == "*":
-            if key not in _STAGE_KEYS:
-                raise StackFileError(
-                    ctx.path, f"override '{dotted}': unknown stage key '{key}'{_suggest(key, _STAGE_KEYS)}")
-            for stage in stages:
+            if key not in _STAGE:
+                raise StackFileError(ctx.path, f"override '{dotted}': unknown stage key '{key}'{suggest(key, _STAGE)}")
+            for stage in tables:
                 stage[key] = value
         elif target in names:
-            stages[names.index(target)][key] = value
+            tables[names.index(target)][key] = value
         else:
             valid = [n for n in names if isinstance(n, str)] + ["stack", "*"]
-            raise StackFileError(ctx.path, f"override '{dotted}': no stage named '{target}'{_suggest(target, valid)}")
+            raise StackFileError(ctx.path, f"override '{dotted}': no stage named '{target}'{suggest(target, valid)}")
 
 
-def _check_keys(table: dict, spec: Mapping, ctx: _Context, what: str, stage_index: int | None) -> None:
-    for key, value in table.items():
-        if key not in spec:
-            raise ctx.error(f"{what}: unknown key '{key}'{_suggest(key, spec)}", key, stage_index)
-        types, description = spec[key]
-        if isinstance(value, bool) and bool not in types:
-            ok = False
-        else:
-            ok = isinstance(value, types)
-        if not ok:
-            raise ctx.error(f"{what}: '{key}' must be {description}, not {value!r}", key, stage_index)
+def _check_keys(table: dict, keys: Mapping[str, Key], ctx: _Context, what: str, stage_index: int | None) -> None:
+    found = check_table(table, keys)
+    if found is not None:
+        key, problem = found
+        raise ctx.error(f"{what}: {problem}", key, stage_index)
 
 
 def _build_config(data: dict, ctx: _Context) -> StackConfig:
     for key in data:
         if key not in _TOP_KEYS:
-            raise StackFileError(ctx.path, f"unknown table '{key}'{_suggest(key, _TOP_KEYS)}")
+            raise StackFileError(ctx.path, f"unknown table '{key}'{suggest(key, _TOP_KEYS)}")
     stack = data.get("stack")
     if not isinstance(stack, dict):
         raise StackFileError(ctx.path, "missing [stack] table (it needs at least name = \"...\")")
-    _check_keys(stack, _STACK_KEYS, ctx, "[stack]", None)
+    _check_keys(stack, _STACK, ctx, "[stack]", None)
     if "name" not in stack:
         raise ctx.error("[stack]: missing key 'name'")
-    for key in ("context_size", "batch_size"):
-        if key in stack and stack[key] <= 0:
-            raise ctx.error(f"[stack]: '{key}' must be a positive integer", key)
-    if stack.get("threads", 0) < 0:
-        raise ctx.error("[stack]: 'threads' must be >= 0 (0 = automatic)", "threads")
     stage_tables = data.get("stage")
     if not isinstance(stage_tables, list) or not stage_tables:
         raise StackFileError(ctx.path, "no stages: add at least one [[stage]] table with name and template")
-    default_model = stack.get("model", DEFAULT_MODEL)
+    values = {key.name: stack.get(key.name, key.default) for key in STACK_KEYS}
     all_names = {t["name"] for t in stage_tables if isinstance(t, dict) and isinstance(t.get("name"), str)}
     stages: list[StageConfig] = []
     for index, table in enumerate(stage_tables):
-        stage = _build_stage(table, index, [s.name for s in stages], all_names, default_model, ctx)
-        if "drop_bos" not in table:  # the stack's setting is every stage's default
-            stage = dataclasses.replace(stage, drop_bos=stack.get("drop_bos", False))
+        stage = _build_stage(table, index, [s.name for s in stages], all_names, values, ctx)
         stages.append(stage)
     voting = [i for i, s in enumerate(stages) if s.samples > 1]
     if len(voting) > 1:
         raise ctx.error(f"stage '{stages[voting[1]].name}': only one stage may set samples > 1 (stage "
                         f"'{stages[voting[0]].name}' does; its later stages already run once per sample)",
                         "samples", voting[1])
+    for stage in stages:
+        if stage.sampling.max_tokens >= values["context_size"]:
+            raise ctx.error(f"stage '{stage.name}': max_tokens {stage.sampling.max_tokens} leaves no room for the "
+                            f"prompt in context_size {values['context_size']}; lower max_tokens",
+                            "max_tokens", stages.index(stage))
     return StackConfig(
         path=ctx.path.resolve(),
-        name=stack["name"],
+        name=values["name"],
         stages=tuple(stages),
-        description=stack.get("description", ""),
-        model=default_model,
-        context_size=stack.get("context_size", 2048),
-        threads=stack.get("threads", 0),
-        batch_size=stack.get("batch_size", 512),
-        show_choices=stack.get("show_choices", True),
+        description=values["description"],
+        model=values["model"],
+        context_size=values["context_size"],
+        threads=values["threads"],
+        batch_size=values["batch_size"],
+        show_choices=values["show_choices"],
+        gpu_layers=values["gpu_layers"],
     )
 
 
-def _build_stage(table: Any, index: int, earlier: list[str], all_names: set, default_model: str,
+def _build_stage(table: Any, index: int, earlier: list[str], all_names: set, stack: dict,
                  ctx: _Context) -> StageConfig:
     if not isinstance(table, dict):
         raise ctx.error(f"stage #{index + 1} must be a table", None, index)
-    _check_keys(table, _STAGE_KEYS, ctx, f"stage #{index + 1}", index)
+    _check_keys(table, _STAGE, ctx, f"stage #{index + 1}", index)
     for required in ("name", "template"):
         if required not in table:
             raise ctx.error(f"stage #{index + 1}: missing key '{required}'", None, index)
-    name = table["name"]
+    values = {key.name: table.get(key.name, key.default) for key in STAGE_KEYS}
+    name = values["name"]
     what = f"stage '{name}'"
     if not name or not name.replace("_", "").replace("-", "").isalnum() or name[0].isdigit():
         raise ctx.error(f"{what}: name must be letters, digits, '_' or '-' (not starting with a digit)", "name", index)
@@ -326,79 +419,117 @@ def _build_stage(table: Any, index: int, earlier: list[str], all_names: set, def
     if name in earlier:
         raise ctx.error(f"{what}: duplicate stage name (stage names must be unique)", "name", index)
     try:
-        fields = template_fields(table["template"])
+        fields = template_fields(values["template"])
     except TemplateSyntaxError as exc:
         raise ctx.error(f"{what}: bad template: {exc}", "template", index) from None
     for ref in fields:
-        if ref == "input" or ref in earlier:
+        if ref in INPUT_FIELDS or ref in earlier:
             continue
         hint = " (a stage can only use stages defined before it)" if ref in all_names else ""
         raise ctx.error(
-            f"{what}: template references unknown stage '{{{ref}}}'{hint}{_suggest(ref, ['input', *earlier])}",
+            f"{what}: template references unknown stage '{{{ref}}}'{hint}{suggest(ref, [*INPUT_FIELDS, *earlier])}",
             "template",
             index,
         )
-    sampling = _build_sampling(table, what, index, ctx)
-    adapter = table.get("adapter")
+    sampling = Sampling(**{key: values[key] for key in SAMPLING_KEYS})
+    sampling = dataclasses.replace(
+        sampling, stop=tuple(sampling.stop), temperature=float(sampling.temperature), top_p=float(sampling.top_p),
+        min_p=float(sampling.min_p), repeat_penalty=float(sampling.repeat_penalty))
+    _check_samples(values, what, index, ctx, "select" in table)
     try:
-        train = parse_recipe(table["train"]) if "train" in table else None
+        train = parse_recipe(values["train"]) if values["train"] is not None else None
     except ValueError as exc:
         raise ctx.error(f"{what}: [train] {exc}", "train", index) from None
+    constraints = [key for key in ("choices", "choices_from_input", "grammar", "json_schema") if table.get(key)]
+    if len(constraints) > 1:
+        raise ctx.error(f"{what}: give one of choices, choices_from_input, grammar and json_schema, not "
+                        f"{' and '.join(constraints)}", constraints[1], index)
+    grammar_file = ctx.path.parent / values["grammar"] if values["grammar"] else None
+    adapter = values["adapter"]
     return StageConfig(
         name=name,
-        template=table["template"],
-        model=table.get("model", default_model),
+        template=values["template"],
+        model=values["model"] or stack["model"],
         adapter=(ctx.path.parent / adapter) if adapter else None,
-        adapter_scale=float(table.get("adapter_scale", 1.0)),
-        chat=table.get("chat", True),
-        drop_bos=table.get("drop_bos", False),
-        system=table.get("system"),
+        adapter_scale=float(values["adapter_scale"]),
+        chat=values["chat"],
+        drop_bos=table.get("drop_bos", stack["drop_bos"]),
+        system=values["system"],
         sampling=sampling,
         train=train,
-        calculator=table.get("calculator", False),
-        samples=_samples(table, sampling, what, index, ctx),
-        select=_select(table, what, index, ctx),
+        calculator=values["calculator"],
+        samples=values["samples"],
+        select=values["select"],
+        choices=tuple(values["choices"]) if values["choices"] is not None else None,
+        choices_from_input=values["choices_from_input"],
+        grammar=_read_grammar(grammar_file, ctx, what, index) if grammar_file else None,
+        grammar_file=grammar_file,
+        json_schema=_read_schema(values["json_schema"], ctx, what, index),
+        source=str(ctx.path),
     )
 
 
-def _samples(table: dict, sampling: Sampling, what: str, index: int, ctx: _Context) -> int:
-    samples = table.get("samples", 1)
-    if samples < 1:
-        raise ctx.error(f"{what}: 'samples' must be an integer >= 1, not {samples!r}", "samples", index)
-    if samples > 1 and sampling.temperature <= 0:
+# Fields every template may use besides earlier stages: the question as typed, and, when it lists
+# lettered options ("A. ..." lines), the question without them and the options alone (fslm_edge.options).
+INPUT_FIELDS = ("input", "question", "options")
+
+
+def _check_samples(values: dict, what: str, index: int, ctx: _Context, select_given: bool) -> None:
+    samples = values["samples"]
+    if samples > 1 and values["temperature"] <= 0:
         raise ctx.error(f"{what}: samples = {samples} needs temperature > 0 (at 0 every sample is the same); "
                         "set e.g. temperature = 0.7", "samples", index)
-    return samples
-
-
-def _select(table: dict, what: str, index: int, ctx: _Context) -> str:
-    select = table.get("select", "majority")
-    if select not in SELECTORS:
-        raise ctx.error(f"{what}: unknown select {select!r}{_suggest(select, SELECTORS)}", "select", index)
-    if "select" in table and table.get("samples", 1) == 1:
+    if select_given and samples == 1:
         raise ctx.error(f"{what}: 'select' picks among samples; set samples > 1 (e.g. samples = 5)", "select", index)
-    return select
 
 
-def _build_sampling(table: dict, what: str, index: int, ctx: _Context) -> Sampling:
-    values = {k: table[k] for k in _SAMPLING_KEYS if k in table}
-    checks = {
-        "max_tokens": lambda v: v > 0,
-        "temperature": lambda v: v >= 0,
-        "top_p": lambda v: 0 < v <= 1,
-        "top_k": lambda v: v >= 0,
-        "min_p": lambda v: 0 <= v <= 1,
-        "repeat_penalty": lambda v: v > 0,
-    }
-    for key, ok in checks.items():
-        if key in values and not ok(values[key]):
-            raise ctx.error(f"{what}: '{key}' must be {_STAGE_KEYS[key][1]}, not {values[key]!r}", key, index)
-    if "stop" in values:
-        stop = values["stop"]
-        if not all(isinstance(s, str) and s for s in stop):
-            raise ctx.error(f"{what}: 'stop' must be a list of non-empty strings", "stop", index)
-        values["stop"] = tuple(stop)
-    for key in ("temperature", "top_p", "min_p", "repeat_penalty"):
-        if key in values:
-            values[key] = float(values[key])
-    return Sampling(**values)
+def _read_grammar(path: Path, ctx: _Context, what: str, index: int) -> str:
+    try:
+        if path.stat().st_size > MAX_SCHEMA_FILE_BYTES:
+            raise ctx.error(f"{what}: grammar file {path} is larger than 1 MB", "grammar", index)
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ctx.error(f"{what}: cannot read grammar file {path} ({getattr(exc, 'strerror', None) or exc}); "
+                        "the path is relative to the stack file", "grammar", index) from None
+
+
+def _read_schema(value: str | dict | None, ctx: _Context, what: str, index: int) -> dict | None:
+    if value is None or isinstance(value, dict):
+        return value
+    path = ctx.path.parent / value
+    try:
+        if path.stat().st_size > MAX_SCHEMA_FILE_BYTES:
+            raise ctx.error(f"{what}: json_schema file {path} is larger than 1 MB", "json_schema", index)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ctx.error(f"{what}: cannot read json_schema file {path} ({getattr(exc, 'strerror', None) or exc}); "
+                        "the path is relative to the stack file", "json_schema", index) from None
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StackFileError(path, f"not valid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno,
+                             key="json_schema") from None
+    except RecursionError:
+        raise StackFileError(path, "JSON nested too deep", key="json_schema") from None
+    if not isinstance(schema, dict):
+        raise StackFileError(path, "a JSON schema must be an object", key="json_schema")
+    return schema
+
+
+def check_sampling_values(values: dict, what: str) -> dict:
+    """Sampling settings from outside a stack file (a server request, a call's
+    ``final``), checked by the same declarations; floats as floats."""
+    for name, value in values.items():
+        key = _STAGE.get(name)
+        if key is None or name not in SAMPLING_KEYS:
+            raise InputError(f"{what}: unknown setting '{name}'{suggest(name, SAMPLING_KEYS)}")
+        problem = key.problem(list(value) if name == "stop" and isinstance(value, tuple) else value)
+        if problem is not None:
+            raise InputError(f"{what}: {problem}")
+    out = dict(values)
+    for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
+        if name in out:
+            out[name] = float(out[name])
+    if "stop" in out:
+        out["stop"] = tuple(out["stop"])
+    return out

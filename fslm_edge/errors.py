@@ -42,6 +42,13 @@ class AdapterError(InputError):
 class ContextOverflowError(InputError):
     """Even the question alone does not fit the stage's context window."""
 
+    def __init__(self, message: str, prompt_tokens: int | None = None, max_tokens: int | None = None,
+                 context_size: int | None = None):
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context_size = context_size
+
 
 class DatasetError(InputError):
     """A dataset file or row is unusable (the message names file and line)."""

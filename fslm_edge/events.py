@@ -57,6 +57,16 @@ class ContextWarning:
 
 
 @dataclass(frozen=True)
+class StageWarning:
+    """Something the user should know about a stage's output: it is empty, or
+    it does not validate against its JSON schema."""
+
+    stage: str
+    message: str
+    type: str = "warning"
+
+
+@dataclass(frozen=True)
 class StageOutput:
     name: str
     prompt: str
@@ -92,7 +102,7 @@ class StackResult:
         raise KeyError(name)
 
 
-Event = StageStart | TextDelta | StageEnd | ContextWarning | StackResult
+Event = StageStart | TextDelta | StageEnd | ContextWarning | StageWarning | StackResult
 
 
 def event_to_dict(event: Event) -> dict:

@@ -18,7 +18,53 @@ from dataclasses import dataclass
 
 from .chat_template import render_chat_template
 from .config import StageConfig
-from .templates import render_template
+from .templates import render_template, render_template_parts
+
+# Stands in for the user's text while the chat template renders, so that the
+# rendered text can be split into the template's own (trusted) text and the
+# user's (untrusted) text. Private-use code points: no template writes them.
+_USER_SLOT = "\ue000fslm-edge-user-text\ue001"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt as ``(text, trusted)`` parts. Only trusted text (the stage
+    template and the chat template) may contain special tokens; the question and
+    every stage's output are tokenized as plain text (engine ``tokenize_prompt``)."""
+
+    parts: tuple[tuple[str, bool], ...]
+
+    @property
+    def text(self) -> str:
+        return "".join(text for text, _ in self.parts)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def plus(self, text: str, trusted: bool = False) -> Prompt:
+        """This prompt followed by ``text`` (untrusted unless said otherwise)."""
+        return Prompt(self.parts + ((text, trusted),))
+
+    @classmethod
+    def trusted(cls, text: str) -> Prompt:
+        return cls(((text, True),))
+
+    @classmethod
+    def untrusted(cls, text: str) -> Prompt:
+        return cls(((text, False),))
+
+
+def _joined(parts) -> tuple[tuple[str, bool], ...]:
+    """Adjacent parts of the same trust merged, empty ones dropped."""
+    out: list[tuple[str, bool]] = []
+    for text, trusted in parts:
+        if not text:
+            continue
+        if out and out[-1][1] == trusted:
+            out[-1] = (out[-1][0] + text, trusted)
+        else:
+            out.append((text, trusted))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -43,25 +89,37 @@ class ChatTemplate:
             return text[len(self.bos_token):]
         return text
 
+    def user_turn(self, system: str | None, user: tuple[tuple[str, bool], ...], drop_bos: bool = False) -> Prompt:
+        """A one-turn conversation (optional system text) up to the assistant's
+        turn, the user's parts keeping their trust: the template renders around
+        a placeholder, which is then replaced by the user's parts."""
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": _USER_SLOT})
+        rendered = self.prompt(messages, drop_bos)
+        if rendered.count(_USER_SLOT) != 1:
+            from .errors import ModelError
+
+            raise ModelError("the model's chat template does not insert the user's text exactly once as given; "
+                             "set chat = false for this stage")
+        before, after = rendered.split(_USER_SLOT)
+        return Prompt(_joined(((before, True), *user, (after, True))))
+
 
 def stage_user_text(stage: StageConfig, values: Mapping[str, str]) -> str:
     """The stage template filled with ``{input}`` and upstream stage texts."""
     return render_template(stage.template, values)
 
 
-def stage_prompt(stage: StageConfig, values: Mapping[str, str], chat: ChatTemplate | None) -> str:
-    """The full prompt text sent to the model for ``stage``.
+def stage_prompt(stage: StageConfig, values: Mapping[str, str], chat: ChatTemplate | None) -> Prompt:
+    """The full prompt sent to the model for ``stage``, its parts marked
+    trusted (stack file, chat template) or not (question, stage outputs).
 
     Without a chat template (or with ``chat = false``) the system prompt, if
     any, is put before the user text, separated by a blank line.
     """
-    user = stage_user_text(stage, values)
+    user = _joined(render_template_parts(stage.template, values))
     if stage.chat and chat is not None:
-        messages = []
-        if stage.system:
-            messages.append({"role": "system", "content": stage.system})
-        messages.append({"role": "user", "content": user})
-        return chat.prompt(messages, stage.drop_bos)
+        return chat.user_turn(stage.system, user, stage.drop_bos)
     if stage.system:
-        return f"{stage.system}\n\n{user}"
-    return user
+        return Prompt(_joined(((f"{stage.system}\n\n", True), *user)))
+    return Prompt(user)

@@ -11,33 +11,56 @@ and calls ``cancel()``; one question runs at a time per stack.
 
 from __future__ import annotations
 
-import codecs
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .calculator import Calculator
-from .config import StackConfig, StageConfig, load_stack_config
-from .engine import LoadedModel, ModelPool
+from .config import INPUT_FIELDS, Sampling, StackConfig, StageConfig, load_target_config
+from .engine import Generation, LoadedModel, ModelPool, stream_text
+from .engine.constraints import check_grammar, choices_grammar, schema_grammar, validate_json
+from .engine.scoring import ChoiceScorer, split_continuation
 from .errors import ContextOverflowError, InputError
-from .evaluation.scoring import ChoiceScorer, split_continuation
-from .events import ContextWarning, Event, StackResult, StageEnd, StageOutput, StageStart, StageStats, TextDelta
+from .events import (
+    ContextWarning,
+    Event,
+    StackResult,
+    StageEnd,
+    StageOutput,
+    StageStart,
+    StageStats,
+    StageWarning,
+    TextDelta,
+)
 from .models import resolve_model
-from .prompts import stage_prompt
-from .stopping import StopMatcher
+from .options import input_values, split_options
+from .prompts import Prompt, stage_prompt
 from .voting import majority, most_likely
+
+# Keys of a per-call ``final`` table: sampling settings for the final stage only.
+FINAL_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Structured output for one stage: the GBNF it must follow, and the JSON
+    schema its text must validate against (after generation, as a check)."""
+
+    grammar: str
+    schema: dict | None = None
 
 
 @dataclass
 class _Binding:
-    """A stage bound to its loaded model (and adapter)."""
+    """A stage bound to its loaded model (and adapter) and its constraint."""
 
     config: StageConfig
     model: LoadedModel
+    constraint: Constraint | None = None
 
 
 @dataclass(frozen=True)
@@ -46,9 +69,19 @@ class ScoringContext:
 
     model: LoadedModel
     stage: StageConfig
-    prompt: str
+    prompt: Prompt
     tokens: list[int]
     upstream: tuple[StageOutput, ...]
+
+
+@dataclass
+class _Call:
+    """One ``stream`` call: its cancel flag and its final-stage settings."""
+
+    cancel: threading.Event
+    final_sampling: dict = field(default_factory=dict)
+    final_constraint: Constraint | None = None
+    options: tuple[str, ...] = ()  # the lettered options the question lists (choices_from_input)
 
 
 def _last_value(generator):
@@ -66,7 +99,33 @@ def _as_sample(binding: _Binding, sample: int) -> _Binding:
     if binding.config.samples == 1:
         return binding
     sampling = replace(binding.config.sampling, seed=(binding.config.sampling.seed or 0) + sample - 1)
-    return _Binding(replace(binding.config, sampling=sampling), binding.model)
+    return _Binding(replace(binding.config, sampling=sampling), binding.model, binding.constraint)
+
+
+def stage_constraint(stage: StageConfig, model: LoadedModel) -> Constraint | None:
+    """The stage's ``choices``, ``grammar`` or ``json_schema`` as a checked grammar."""
+    where = f"{stage.source}: stage '{stage.name}'"
+    return make_constraint(model, stage.choices, stage.grammar, stage.json_schema,
+                           where=f"{stage.grammar_file or where}", schema_where=f"{where}: json_schema")
+
+
+def make_constraint(model: LoadedModel, choices: Sequence[str] | None = None, grammar: str | None = None,
+                    json_schema: dict | None = None, where: str = "grammar",
+                    schema_where: str = "json_schema") -> Constraint | None:
+    given = [name for name, value in (("choices", choices), ("grammar", grammar), ("json_schema", json_schema))
+             if value is not None]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise InputError(f"{where}: give one of choices, grammar and json_schema, not {' and '.join(given)}")
+    if choices is not None:
+        text = choices_grammar(list(choices))
+    elif grammar is not None:
+        text = grammar
+    else:
+        text = schema_grammar(json_schema, schema_where)
+    check_grammar(text, model.vocab_handle, where)
+    return Constraint(text, json_schema)
 
 
 def _bind(config: StackConfig, pool: ModelPool) -> list[_Binding]:
@@ -75,8 +134,20 @@ def _bind(config: StackConfig, pool: ModelPool) -> list[_Binding]:
         model = pool.get(resolve_model(stage.model, config.base_dir))
         if stage.adapter is not None:
             model.add_adapter(stage.adapter)
-        bindings.append(_Binding(stage, model))
+        bindings.append(_Binding(stage, model, stage_constraint(stage, model)))
     return bindings
+
+
+def _final_sampling(sampling: Sampling, final: Mapping[str, Any]) -> Sampling:
+    if not final:
+        return sampling
+    unknown = [key for key in final if key not in FINAL_KEYS]
+    if unknown:
+        raise InputError(f"final: unknown setting '{unknown[0]}' (valid: {', '.join(FINAL_KEYS)})")
+    from .config import check_sampling_values
+
+    values = check_sampling_values(dict(final), "final")
+    return replace(sampling, **values)
 
 
 class Stack:
@@ -84,21 +155,25 @@ class Stack:
         self.config = config
         self._pool = pool
         self._bindings = bindings
-        self._cancel = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one question at a time
+        self._calls_lock = threading.Lock()
+        self._calls: set[int] = set()
+        self._cancels: dict[int, threading.Event] = {}  # every started or waiting call's cancel flag
+        self._closing = False
         self._closed = False
         self._streams: weakref.WeakSet = weakref.WeakSet()  # started streams, to finish on close
 
     # -- life cycle ---------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, overrides: Mapping[str, Any] | None = None, logits_all: bool = False) -> Stack:
-        """Parse the stack file, load every model once, check and load adapters.
-        ``logits_all`` keeps logits for every prompt position (for scoring)."""
-        return cls.from_config(load_stack_config(path, overrides), logits_all)
+        """Parse the stack file (or make a one-stage stack of a model reference:
+        ``builtin:NAME`` or a ``.gguf`` path), load every model once, check and
+        load adapters. ``logits_all`` keeps logits for every prompt position."""
+        return cls.from_config(load_target_config(path, overrides), logits_all)
 
     @classmethod
     def from_config(cls, config: StackConfig, logits_all: bool = False) -> Stack:
-        pool = ModelPool(config.context_size, config.n_threads, config.batch_size, logits_all)
+        pool = ModelPool(config.context_size, config.n_threads, config.batch_size, logits_all, config.gpu_layers)
         try:
             bindings = _bind(config, pool)
         except BaseException:
@@ -108,22 +183,26 @@ class Stack:
 
     def reconfigure(self, overrides: Mapping[str, Any]) -> None:
         """Re-read the stack file with ``overrides``, keeping the loaded models."""
-        config = load_stack_config(self.config.path, overrides)
+        config = load_target_config(self.config.path if self.config.path.suffix == ".toml" else self.config.source,
+                                    overrides)
         old = self.config
-        if (config.context_size, config.n_threads, config.batch_size) != (
-                old.context_size, old.n_threads, old.batch_size):
-            raise InputError("context_size, threads and batch_size cannot change on a loaded stack; "
+        if (config.context_size, config.n_threads, config.batch_size, config.gpu_layers) != (
+                old.context_size, old.n_threads, old.batch_size, old.gpu_layers):
+            raise InputError("context_size, threads, batch_size and gpu_layers cannot change on a loaded stack; "
                              "start again with --set stack.KEY=VALUE")
         with self._lock:
             self._bindings = _bind(config, self._pool)
             self.config = config
 
     def close(self) -> None:
-        self._cancel.set()
+        """Cancel the running question and every waiting one, then free the
+        models (children first). Safe from any thread; idempotent."""
+        self._closing = True
+        self.cancel()
         for stream in list(self._streams):
             try:  # a stream left suspended mid-run holds the lock: finish it so it lets go
                 stream.close()
-            except ValueError:  # running in another thread: it sees the cancel flag and lets go
+            except ValueError:  # running in another thread: it sees its cancel flag and lets go
                 pass
         with self._lock:
             if not self._closed:
@@ -141,25 +220,39 @@ class Stack:
         return self._pool.models
 
     def cancel(self) -> None:
-        """Stop the generation in progress (from any thread)."""
-        self._cancel.set()
+        """Stop the generation in progress, and any question waiting for it (from any thread)."""
+        with self._calls_lock:
+            for event in self._cancels.values():
+                event.set()
 
     # -- running --------------------------------------------------------------
-    def run(self, question: str) -> StackResult:
+    def run(self, question: str, **options) -> StackResult:
         """Run every stage and return the final result (collects ``stream``)."""
         result = None
-        for event in self.stream(question):
+        for event in self.stream(question, **options):
             result = event
         assert isinstance(result, StackResult)
         return result
 
-    def stream(self, question: str) -> Iterator[Event]:
-        """Yield stage events as they happen, then one ``StackResult``."""
-        if not question or not question.strip():
+    def stream(self, question: str, *, choices: Sequence[str] | None = None, grammar: str | None = None,
+               json_schema: dict | None = None, final: Mapping[str, Any] | None = None,
+               cancel: threading.Event | None = None) -> Iterator[Event]:
+        """Yield stage events as they happen, then one ``StackResult``.
+
+        For the final stage only: ``choices`` (its text is exactly one of these),
+        ``grammar`` (GBNF) or ``json_schema`` (a dict: the text is JSON that
+        validates), and ``final`` sampling settings (``FINAL_KEYS``). ``cancel``
+        stops this call within one token when set."""
+        if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty; pass some text (or '-' to read it from stdin)")
-        if self._closed:
+        if self._closed or self._closing:
             raise InputError("this stack is closed; load it again")
-        stream = self._stream(question.strip())
+        last = self._bindings[-1]
+        call = _Call(cancel or threading.Event(),
+                     dict(final or {}),
+                     make_constraint(last.model, choices, grammar, json_schema, where="this call's grammar"))
+        _final_sampling(last.config.sampling, call.final_sampling)  # refuse bad settings before running
+        stream = self._stream(question.strip(), call)
         self._streams.add(stream)
         return stream
 
@@ -172,15 +265,15 @@ class Stack:
         if not question or not question.strip():
             raise InputError("the question is empty")
         question = question.strip()
-        with self._lock:
-            self._cancel.clear()
-            values: dict[str, str] = {"input": question}
+        call = _Call(threading.Event())
+        with self._running(call):
+            values = input_values(question)
             outputs: list[StageOutput] = []
             for index, binding in enumerate(self._bindings[:-1]):
                 if upstream is not None:
                     values[binding.config.name] = upstream[binding.config.name]
                     continue
-                output = _last_value(self._run_stage(index, _as_sample(binding, 1), values))
+                output = _last_value(self._run_stage(index, _as_sample(binding, 1), values, call))
                 outputs.append(output)
                 values[binding.config.name] = output.text
             final = self._bindings[-1]
@@ -188,15 +281,32 @@ class Stack:
             prompt, tokens = _last_value(self._fit_prompt(final.config, final.model, values))
             return ScoringContext(final.model, final.config, prompt, tokens, tuple(outputs))
 
-    def _stream(self, question: str) -> Iterator[Event]:
-        with self._lock:
-            self._cancel.clear()
+    @contextmanager
+    def _running(self, call: _Call):
+        """Register ``call`` (so cancel and close reach it while it waits), hold
+        the stack's lock, and refuse to start on a stack closed meanwhile."""
+        with self._calls_lock:
+            self._cancels[id(call)] = call.cancel
+        try:
+            if self._closing:
+                call.cancel.set()
+            with self._lock:
+                if self._closed:
+                    raise InputError("this stack was closed; load it again")
+                yield call
+        finally:
+            with self._calls_lock:
+                self._cancels.pop(id(call), None)
+
+    def _stream(self, question: str, call: _Call) -> Iterator[Event]:
+        with self._running(call):
             started = time.perf_counter()
-            values: dict[str, str] = {"input": question}
+            values = input_values(question)
+            call.options = split_options(question).options
             outputs: list[StageOutput] = []
             voting = next((i for i, b in enumerate(self._bindings) if b.config.samples > 1), len(self._bindings))
             for index, binding in enumerate(self._bindings[:voting]):
-                output = yield from self._run_stage(index, binding, values)
+                output = yield from self._run_stage(index, binding, values, call)
                 outputs.append(output)
                 values[binding.config.name] = output.text
                 if output.stats.stop_reason == "cancelled":
@@ -204,15 +314,15 @@ class Stack:
             votes: tuple[str, ...] = ()
             logprobs: tuple[float, ...] = ()
             chosen = 0
-            if voting < len(self._bindings) and not self._cancel.is_set():
-                votes, logprobs, chosen = yield from self._run_samples(voting, values, outputs)
-            cancelled = self._cancel.is_set()
+            if voting < len(self._bindings) and not call.cancel.is_set():
+                votes, logprobs, chosen = yield from self._run_samples(voting, values, outputs, call)
+            cancelled = call.cancel.is_set()
             final = [o for o in outputs if o.sample in (0, chosen)]
             answer = final[-1].text if final and not cancelled else ""
             yield StackResult(question, tuple(outputs), answer, time.perf_counter() - started, cancelled,
                               votes, chosen, logprobs)
 
-    def _run_samples(self, first: int, values: dict[str, str], outputs: list[StageOutput]):
+    def _run_samples(self, first: int, values: dict[str, str], outputs: list[StageOutput], call: _Call):
         """Self-consistency: stage ``first`` and every later stage once per sample,
         one stage at a time for all samples (the sampled stage's prompt is then
         decoded once). Returns each sample's final text, with ``select =
@@ -222,28 +332,30 @@ class Stack:
         chains = [dict(values) for _ in range(sampled.config.samples)]
         logprobs: tuple[float, ...] = ()
         for index in range(first, len(self._bindings)):
+            prompt = None
             for sample, chain in enumerate(chains, start=1):
                 binding = _as_sample(self._bindings[index], sample)
-                output = yield from self._run_stage(index, binding, chain, sample)
+                output = yield from self._run_stage(index, binding, chain, call, sample)
                 outputs.append(output)
                 chain[binding.config.name] = output.text
-                if self._cancel.is_set():
+                prompt = self._last_prompt
+                if call.cancel.is_set():
                     return (), (), 0
             if index == first and sampled.config.select != "majority":
-                logprobs = self._text_logprobs(sampled, outputs[-1].prompt, [c[sampled.config.name] for c in chains])
+                logprobs = self._text_logprobs(sampled, prompt, [c[sampled.config.name] for c in chains])
         finals = tuple(chain[self._bindings[-1].config.name] for chain in chains)
         chosen = most_likely(logprobs) if logprobs else majority(finals)
         return finals, logprobs, chosen + 1
 
     @staticmethod
-    def _text_logprobs(binding: _Binding, prompt: str, texts: list[str]) -> tuple[float, ...]:
+    def _text_logprobs(binding: _Binding, prompt: Prompt, texts: list[str]) -> tuple[float, ...]:
         """Log-probability of each text as the stage's output after ``prompt``,
         under the stage's model and adapter (temperature 1): summed, or per
         token with ``select = "mean-likelihood"``. The prompt is decoded once
         (it is still in the KV cache)."""
         model = binding.model
         model.use_adapter(binding.config.adapter, binding.config.adapter_scale)
-        context = model.tokenize(prompt)
+        context = model.tokenize_prompt(prompt)
         continuations = [split_continuation(model, prompt, text)[1] if text else [] for text in texts]
         scores = ChoiceScorer(model).score(context, continuations)
         per_token = binding.config.select == "mean-likelihood"
@@ -251,87 +363,56 @@ class Stack:
         return tuple(float("-inf") if not s.n_tokens else s.logprob / s.n_tokens if per_token else s.logprob
                      for s in scores)
 
-    def _run_stage(self, index: int, binding: _Binding, values: dict[str, str], sample: int = 0):
+    def _stage_request(self, index: int, binding: _Binding, call: _Call) -> tuple[Generation, Constraint | None]:
+        stage = binding.config
+        sampling, constraint = stage.sampling, binding.constraint
+        if index == len(self._bindings) - 1:
+            sampling = _final_sampling(sampling, call.final_sampling)
+            constraint = call.final_constraint or constraint
+        if constraint is None and stage.choices_from_input and call.options:
+            constraint = make_constraint(binding.model, call.options, where=f"stage '{stage.name}' options")
+        grammar = constraint.grammar if constraint is not None else None
+        return Generation(sampling, grammar, stage.calculator and grammar is None), constraint
+
+    def _run_stage(self, index: int, binding: _Binding, values: dict[str, str], call: _Call, sample: int = 0):
         stage, model = binding.config, binding.model
         model.use_adapter(stage.adapter, stage.adapter_scale)
-        prompt, tokens = yield from self._fit_prompt(stage, model, values)
-        yield StageStart(stage.name, index, prompt, sample)
-        started = time.perf_counter()
-        first = None
+        request, constraint = self._stage_request(index, binding, call)
+        prompt, tokens = yield from self._fit_prompt(stage, model, values, request.sampling.max_tokens)
+        self._last_prompt = prompt
+        yield StageStart(stage.name, index, prompt.text, sample)
         pieces: list[str] = []
-        stopper = StopMatcher(stage.sampling.stop)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        generated = 0
-        reason = "length"
-        for token in self._stage_tokens(stage, model, tokens):
-            generated += 1
-            if first is None:
-                first = time.perf_counter()
-            text = stopper.feed(decoder.decode(model.llm.detokenize([token])))
-            if text:
-                pieces.append(text)
-                yield TextDelta(stage.name, text)
-            if stopper.stopped:
-                reason = "stop"
-                break
-        else:
-            if self._cancel.is_set():
-                reason = "cancelled"
-            elif generated < stage.sampling.max_tokens:
-                reason = "eos"
-        tail = stopper.feed(decoder.decode(b"", final=True)) + stopper.flush()
-        if tail:
-            pieces.append(tail)
-            yield TextDelta(stage.name, tail)
-        ended = time.perf_counter()
-        first = first or ended
-        decode_s = ended - first
-        stats = StageStats(
-            prompt_tokens=len(tokens), generated_tokens=generated, time_to_first_token_s=first - started,
-            tokens_per_s=(generated - 1) / decode_s if generated > 1 and decode_s > 0 else 0.0,
-            seconds=ended - started, stop_reason=reason,
-        )
+        stats: StageStats | None = None
+        for piece in stream_text(model, tokens, request, call.cancel):
+            if isinstance(piece, StageStats):
+                stats = piece
+                continue
+            pieces.append(piece)
+            yield TextDelta(stage.name, piece)
         text = "".join(pieces).strip()
-        yield StageEnd(stage.name, text, prompt, stats, sample)
-        return StageOutput(stage.name, prompt, text, stats, sample)
+        if not text and stats.stop_reason != "cancelled":
+            yield StageWarning(stage.name, f"stage '{stage.name}' generated no text ({stats.generated_tokens} "
+                                           f"tokens, stopped by {stats.stop_reason}); check its model, adapter "
+                                           "and adapter_scale")
+        if constraint is not None and constraint.schema is not None and stats.stop_reason != "cancelled":
+            problem = validate_json(text, constraint.schema)
+            if problem is not None:
+                yield StageWarning(stage.name, f"stage '{stage.name}': the output does not validate against "
+                                               f"its JSON schema ({problem}); stopped by {stats.stop_reason}, "
+                                               "raise max_tokens if it was cut")
+        yield StageEnd(stage.name, text, prompt.text, stats, sample)
+        return StageOutput(stage.name, prompt.text, text, stats, sample)
 
-    def _stage_tokens(self, stage: StageConfig, model: LoadedModel, prompt: list[int]) -> Iterator[int]:
-        """The stage's output token ids: sampled ones and, with ``calculator = true``,
-        the values the runtime computes after an ``<expression> =``; generation then
-        resumes after the value (the prompt's cached keys and values are reused)."""
-        if not stage.calculator:
-            yield from model.generate(prompt, stage.sampling, self._cancel)
-            return
-        calculator = Calculator()
-        output: list[int] = []
-        budget = stage.sampling.max_tokens
-        banned = None  # after a written value: no digit, so the model cannot lengthen the number
-        while len(output) < budget:
-            sampling = replace(stage.sampling, max_tokens=budget - len(output))
-            written: list[int] = []
-            for token in model.generate(prompt + output, sampling, self._cancel, banned):
-                output.append(token)
-                yield token
-                value = calculator.feed(model.llm.detokenize([token]))
-                written = model.tokenize_plain(value) if value else []
-                if written and len(output) + len(written) <= budget:
-                    break
-                written = []  # a value is written whole or not at all
-            if not written:
-                return  # end of text, max_tokens or cancelled
-            calculator.wrote(value)
-            banned = model.digit_tokens()
-            output += written
-            yield from written
-
-    def _fit_prompt(self, stage: StageConfig, model: LoadedModel, values: dict[str, str]):
+    def _fit_prompt(self, stage: StageConfig, model: LoadedModel, values: dict[str, str],
+                    max_tokens: int | None = None):
         """Render the prompt; if it overflows the context, cut upstream stage
         texts, oldest first, and warn. Error if the question alone overflows."""
-        budget = model.n_ctx - stage.sampling.max_tokens
+        max_tokens = stage.sampling.max_tokens if max_tokens is None else max_tokens
+        budget = model.n_ctx - max_tokens
         values = dict(values)
         prompt = stage_prompt(stage, values, model.chat_template)
-        tokens = model.tokenize(prompt)
-        upstream = [name for name in stage.fields if name != "input"]
+        tokens = model.tokenize_prompt(prompt)
+        upstream = [name for name in stage.fields if name not in INPUT_FIELDS]
         for name in upstream:
             excess = len(tokens) - budget
             if excess <= 0:
@@ -340,13 +421,14 @@ class Stack:
             cut = min(len(text_tokens), excess + 4)
             values[name] = model.detokenize(text_tokens[cut:]).strip()
             prompt = stage_prompt(stage, values, model.chat_template)
-            tokens = model.tokenize(prompt)
+            tokens = model.tokenize_prompt(prompt)
             yield ContextWarning(stage.name, f"prompt of stage '{stage.name}' overflowed the context "
                                  f"({model.n_ctx} tokens); dropped {cut} tokens from the start of '{name}'", cut)
         if len(tokens) > budget:
             raise ContextOverflowError(
                 f"stage '{stage.name}': the prompt needs {len(tokens)} tokens plus max_tokens "
-                f"{stage.sampling.max_tokens}, more than context_size {model.n_ctx}; raise [stack] context_size, "
-                "lower the stage's max_tokens, or shorten the question"
+                f"{max_tokens}, more than context_size {model.n_ctx}; raise [stack] context_size, "
+                "lower the stage's max_tokens, or shorten the question",
+                prompt_tokens=len(tokens), max_tokens=max_tokens, context_size=model.n_ctx,
             )
         return prompt, tokens

@@ -26,15 +26,22 @@ def template_fields(template: str) -> tuple[str, ...]:
 
 def render_template(template: str, values: Mapping[str, str]) -> str:
     """Substitute every ``{name}`` by ``values[name]``; unescape braces."""
-    out: list[str] = []
+    return "".join(text for text, _ in render_template_parts(template, values))
+
+
+def render_template_parts(template: str, values: Mapping[str, str]) -> list[tuple[str, bool]]:
+    """The rendered template as ``(text, trusted)`` pieces: the template's own
+    text is trusted, every substituted value (a question, a stage's output) is
+    not, so a tokenizer can keep special-token text in values as plain text."""
+    out: list[tuple[str, bool]] = []
     for kind, text in _parse(template):
         if kind == "field":
             if text not in values:
                 raise KeyError(text)
-            out.append(values[text])
+            out.append((values[text], False))
         else:
-            out.append(text)
-    return "".join(out)
+            out.append((text, True))
+    return out
 
 
 def _parse(template: str) -> list[tuple[str, str]]:

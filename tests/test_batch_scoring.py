@@ -11,7 +11,7 @@ from eval_fixtures import MC_ROWS, write_jsonl
 from fslm_edge.cli import main
 from fslm_edge.engine import LoadedModel
 from fslm_edge.errors import ContextOverflowError
-from fslm_edge.evaluation.scoring import BatchScorer, ChoiceScorer, split_continuation
+from fslm_edge.engine.scoring import BatchScorer, ChoiceScorer, split_continuation
 from fslm_edge.evaluation.tasks import TASKS
 
 ROWS = MC_ROWS + [

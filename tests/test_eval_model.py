@@ -12,7 +12,7 @@ from eval_fixtures import GEN_ROWS, MC_ROWS, write_jsonl
 from fslm_edge.cli import main
 from fslm_edge.config import Sampling
 from fslm_edge.engine import LoadedModel
-from fslm_edge.evaluation.scoring import ChoiceScorer, split_continuation
+from fslm_edge.engine.scoring import ChoiceScorer, split_continuation
 from fslm_edge.evaluation.tasks import TASKS
 
 smol_model = eval_fixtures.smol_model  # the shared module-scoped fixture

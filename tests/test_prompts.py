@@ -11,7 +11,7 @@ STACK = '[stack]\nname = "t"\n\n[[stage]]\nname = "s"\nsystem = "Be brief."\ntem
 
 def prompt(adds_bos: bool, overrides=None) -> str:
     stage = parse_stack_text(STACK, "stack.toml", overrides).stages[0]
-    return stage_prompt(stage, {"input": "why?"}, ChatTemplate(SOURCE, "<s>", "</s>", adds_bos))
+    return stage_prompt(stage, {"input": "why?"}, ChatTemplate(SOURCE, "<s>", "</s>", adds_bos)).text
 
 
 def test_bos_text_is_left_to_a_tokenizer_that_adds_bos():

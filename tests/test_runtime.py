@@ -287,7 +287,7 @@ def test_samples_run_the_tail_per_sample_and_vote(make_stack):
 
 
 def test_select_likelihood_picks_the_sample_its_stage_finds_most_likely(make_stack):
-    from fslm_edge.evaluation.scoring import ChoiceScorer, split_continuation
+    from fslm_edge.engine.scoring import ChoiceScorer, split_continuation
 
     with Stack.load(make_stack(SAMPLED_STACK), {"guess.select": "likelihood"}) as stack:
         result = stack.run("go")
@@ -308,7 +308,7 @@ def test_select_likelihood_picks_the_sample_its_stage_finds_most_likely(make_sta
 
 
 def test_select_mean_likelihood_compares_log_probability_per_token(make_stack):
-    from fslm_edge.evaluation.scoring import split_continuation
+    from fslm_edge.engine.scoring import split_continuation
 
     with Stack.load(make_stack(SAMPLED_STACK), {"guess.select": "likelihood"}) as stack:
         summed = stack.run("go")
@@ -333,7 +333,7 @@ def test_models_load_off_ggml_amx_kernels_where_the_build_has_them(smollm2_path,
     monkeypatch.delenv("FSLM_EDGE_AMX", raising=False)
     llm = open_llama(str(smollm2_path), n_ctx=64, n_threads=2, verbose=False)
     try:
-        assert llm.model_params.use_extra_bufts == (not amx_in_build(llama_cpp))
+        assert llm.model_params.use_extra_bufts == (not amx_in_build())
         llm.eval(llm.tokenize(b"Several tokens decoded in one batch, the call that crashed."))
         assert llm.n_tokens > 5
     finally:

@@ -28,9 +28,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import llama_cpp
 import numpy as np
 
 from ..errors import ContextOverflowError, RuntimeFailure
+from ..prompts import Prompt
+from .native import native_lock
 
 
 @dataclass(frozen=True)
@@ -46,21 +49,33 @@ def log_softmax(row: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum())
 
 
-def output_logprobs(lib, ctx, index: int, n_vocab: int) -> np.ndarray:
+def output_logprobs(ctx, index: int, n_vocab: int) -> np.ndarray:
     """Log-softmax of the logits llama.cpp kept for batch row ``index`` of the last decode."""
-    return log_softmax(np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, index), shape=(n_vocab,)))
+    return log_softmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(n_vocab,)))
 
 
-def split_continuation(model, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def split_continuation(model, context: Prompt | str, continuation: str) -> tuple[list[int], list[int]]:
     """Context tokens and continuation tokens, tokenized together (lm-eval style):
     trailing spaces of the context move to the continuation, and the
-    continuation is ``tokenize(context + continuation)[len(tokenize(context)):]``."""
-    stripped = context.rstrip(" ")
-    continuation = context[len(stripped):] + continuation
-    context_tokens = model.tokenize(stripped)
-    cont = model.tokenize(stripped + continuation)[len(context_tokens):]
+    continuation is ``tokenize(context + continuation)[len(tokenize(context)):]``.
+    The continuation (a choice, a sampled text) is untrusted: no special tokens."""
+    if isinstance(context, str):
+        context = Prompt.trusted(context)
+    parts = list(context.parts)
+    moved = ""
+    while parts:  # trailing spaces of the context's last parts
+        text, trusted = parts[-1]
+        stripped = text.rstrip(" ")
+        moved = text[len(stripped):] + moved
+        if stripped:
+            parts[-1] = (stripped, trusted)
+            break
+        parts.pop()
+    head = Prompt(tuple(parts))
+    context_tokens = model.tokenize_prompt(head)
+    cont = model.tokenize_prompt(head.plus(moved + continuation))[len(context_tokens):]
     if not cont:
-        cont = model.tokenize_plain(continuation)
+        cont = model.tokenize_plain(moved + continuation)
     return context_tokens, cont
 
 
@@ -68,33 +83,27 @@ class ChoiceScorer:
     """Scores continuations after a context on one ``LoadedModel`` (seq 0)."""
 
     def __init__(self, model):
-        import llama_cpp
-
-        self._lib = llama_cpp
         self.model = model
-        self.llm = model.llm
-        self.n_vocab = self.llm.n_vocab()
-        self.n_batch = self.llm.n_batch
+        self.n_vocab = model.n_vocab
+        self.n_batch = model.n_batch
         self.decoded_tokens = 0  # tokens actually run through the model (for speed reports)
 
     # -- cache bookkeeping ----------------------------------------------------
     def _cached(self) -> list[int]:
-        return list(self.llm.input_ids[: self.llm.n_tokens])
+        return self.model.cached_tokens()
 
     def _set_cached(self, tokens: Sequence[int]) -> None:
-        n = len(tokens)
-        self.llm.input_ids[:n] = tokens
-        self.llm.n_tokens = n
-        self.llm._requires_eval = True  # Llama must decode again before sampling
+        self.model.set_cached_tokens(tokens)
 
     def _rewind(self, n: int) -> None:
-        self.llm._ctx.kv_cache_seq_rm(0, n, -1)
+        self.model.rewind(n)
 
     def _decode(self, tokens: Sequence[int], start: int, logits: str) -> list[np.ndarray]:
         """Decode ``tokens`` at positions ``start..``; return log-softmax rows for
         the last token (``logits='last'``) or every token (``'all'``)."""
         rows: list[np.ndarray] = []
-        batch = self.llm._batch.batch
+        batch = self.model.batch_handle
+        ctx = self.model.context_handle
         for offset in range(0, len(tokens), self.n_batch):
             chunk = tokens[offset: offset + self.n_batch]
             last_chunk = offset + self.n_batch >= len(tokens)
@@ -105,13 +114,13 @@ class ChoiceScorer:
                 batch.seq_id[i][0] = 0
                 batch.n_seq_id[i] = 1
                 batch.logits[i] = logits == "all" or (last_chunk and i == len(chunk) - 1)
-            status = self._lib.llama_decode(self.llm._ctx.ctx, batch)
+            status = llama_cpp.llama_decode(ctx, batch)
             if status != 0:
                 raise RuntimeFailure(f"llama_decode returned {status} while scoring")
             self.decoded_tokens += len(chunk)
             wanted = range(len(chunk)) if logits == "all" else ([len(chunk) - 1] if last_chunk else [])
             for i in wanted:
-                rows.append(output_logprobs(self._lib, self.llm._ctx.ctx, i, self.n_vocab))
+                rows.append(output_logprobs(ctx, i, self.n_vocab))
         return rows
 
     # -- scoring ---------------------------------------------------------------
@@ -179,30 +188,35 @@ class BatchScorer:
     cache; a context's tokens belong to all of its continuations' sequences, so
     each context is decoded once and each continuation attends only to its own
     context (agreement with ``ChoiceScorer``: the module's docstring). Owns a
-    second llama context on ``model`` (``close()``)."""
+    second llama context on ``model``, closed with the model (or ``close()``)."""
 
     def __init__(self, model, n_threads: int, max_sequences: int = 64, n_ctx: int = 4096):
-        import llama_cpp
-
-        self._lib = llama_cpp
         self.model = model
-        self.n_vocab = model.llm.n_vocab()
+        self.n_vocab = model.n_vocab
         self.n_ctx, self.max_sequences = n_ctx, max_sequences
         params = llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_ctx, 512
         params.n_seq_max, params.kv_unified = max_sequences, True
         params.n_threads = params.n_threads_batch = n_threads
-        self._ctx = llama_cpp.llama_init_from_model(model.llm._model.model, params)
+        with native_lock:
+            self._ctx = llama_cpp.llama_init_from_model(model.model_handle, params)
         if not self._ctx:
             raise RuntimeFailure("llama.cpp could not create a batch scoring context")
         self._batch = llama_cpp.llama_batch_init(n_ctx, 0, max_sequences)
         self.decoded_tokens = 0
+        model.own(self)
 
     def close(self) -> None:
+        """Free the batch and the context (idempotent; the model frees it first)."""
         if self._ctx:
-            self._lib.llama_batch_free(self._batch)
-            self._lib.llama_free(self._ctx)
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self._ctx)
             self._ctx = None
+
+    def _live_ctx(self):
+        if not self._ctx:
+            raise RuntimeFailure("this batch scorer was closed (or its model was); create another")
+        return self._ctx
 
     def score_many(self, requests: Sequence[Request]) -> list[list[ChoiceScore]]:
         """Each request's continuation scores, in order; requests are packed
@@ -250,13 +264,14 @@ class BatchScorer:
             rows_of.append(rows)
             seq += len(seqs)
         batch.n_tokens = n
+        ctx = self._live_ctx()
         try:
-            if self._lib.llama_decode(self._ctx, batch) != 0:
+            if llama_cpp.llama_decode(ctx, batch) != 0:
                 raise RuntimeFailure("llama_decode failed while scoring a batch")
             self.decoded_tokens += n
             return self._collect(group, rows_of)
         finally:
-            self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), True)
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
 
     def _collect(self, group: list[Request], rows_of: list[list[list[int]]]) -> list[list[ChoiceScore]]:
         # row -> (log-probabilities, argmax); a context's last row is shared by all its choices
@@ -268,7 +283,7 @@ class BatchScorer:
                 total, greedy = 0.0, True
                 for row, token in zip(cont_rows, cont):
                     if row not in logprobs:
-                        values = output_logprobs(self._lib, self._ctx, row, self.n_vocab)
+                        values = output_logprobs(self._ctx, row, self.n_vocab)
                         logprobs[row] = values, int(values.argmax())
                     values, best = logprobs[row]
                     total += float(values[token])

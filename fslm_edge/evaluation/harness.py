@@ -24,7 +24,7 @@ from ..models import cache_dir, resolve_model
 from ..stagecache import StageOutputCache, stages_fingerprint
 from .data import BadRow, Example
 from .extract import extract_answer, is_correct
-from .scoring import BatchScorer, ChoiceScorer, Request, split_continuation
+from ..engine.scoring import BatchScorer, ChoiceScorer, Request, split_continuation
 from .tasks import Task
 
 CACHE_VERSION = 1
