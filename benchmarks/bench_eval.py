@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,14 +29,14 @@ sys.path.insert(0, str(ROOT))
 
 
 def arc_questions(data_dir: Path, n: int) -> list[dict]:
+    from fslm_edge.fileio import read_jsonl
+
     rows = []
-    with open(data_dir / "arc_easy_test.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            if len(row["choices"]) == 4:
-                rows.append(row)
-            if len(rows) == n:
-                break
+    for _, row in read_jsonl(data_dir / "arc_easy_test.jsonl"):
+        if len(row["choices"]) == 4:
+            rows.append(row)
+        if len(rows) == n:
+            break
     return rows
 
 
@@ -47,7 +46,7 @@ def requests(row: dict) -> tuple[str, list[str]]:
 
 def bench_llama(rows, threads: int, path: Path | None = None):
     from fslm_edge.engine import LoadedModel
-    from fslm_edge.evaluation.scoring import ChoiceScorer, split_continuation
+    from fslm_edge.engine.scoring import ChoiceScorer, split_continuation
     from fslm_edge.models import resolve_model
 
     model = LoadedModel(path or resolve_model("smollm2-135m-instruct"), 2048, threads, 512)
@@ -133,7 +132,7 @@ def bench_batched_copies(rows, threads: int, f16_reference) -> dict[str, float]:
 def bench_batched(rows, threads: int, path: Path, batch: int = 16):
     """``BatchScorer`` on ``path``, ``batch`` questions per decode: (log-likelihoods, q/s)."""
     from fslm_edge.engine import LoadedModel
-    from fslm_edge.evaluation.scoring import BatchScorer, split_continuation
+    from fslm_edge.engine.scoring import BatchScorer, split_continuation
 
     model = LoadedModel(path, 2048, threads, 512)
     scorer = BatchScorer(model, threads, max_sequences=8 * batch)

@@ -16,7 +16,6 @@ computations part: the gap on the Q4_1 file is this rounding noise, not the expo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -103,11 +102,11 @@ def emulating_model(base: Path, arch: str, mins: dict, keep: list[str]):
 
 def held_out_text(base: Path, data_dir: Path, n_tokens: int) -> list[list[int]]:
     from convert.data import GGUFTokenizer
+    from fslm_edge.fileio import read_jsonl
 
     sequences, total = [], 0
-    with GGUFTokenizer(base) as tok, open(data_dir / "strategyqa_dev.jsonl", encoding="utf-8") as rows:
-        for line in rows:
-            row = json.loads(line)
+    with GGUFTokenizer(base) as tok:
+        for _, row in read_jsonl(data_dir / "strategyqa_dev.jsonl"):
             ids = tok.text_ids(row["question"] + " " + " ".join(row.get("facts") or []))
             sequences.append(ids)
             total += len(ids)

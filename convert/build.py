@@ -16,7 +16,8 @@ from pathlib import Path
 
 from fslm_edge.config import StackConfig, StageConfig, load_stack_config
 from fslm_edge.errors import InputError
-from fslm_edge.models import file_sha256, resolve_model
+from fslm_edge.fileio import sha256_file
+from fslm_edge.models import resolve_model
 
 from .gguf_model import QUANT_TYPES, merge_to_gguf, quantize_gguf
 
@@ -143,23 +144,26 @@ def build_stage(config: StackConfig, stage: StageConfig, options: BuildOptions, 
             "upstream": upstream_info}
     if hf_base is not None:
         info["hf_base"] = {"path": _relative(hf_base, config.base_dir),
-                           "weights": {f.name: file_sha256(f) for f in sorted(hf_base.glob("*.safetensors"))}}
-    adapter = export_lora(result.adapter_dir, base, folder / f"{stage.name}.lora.gguf", name=stage.name)
-    _manifest(adapter, info, "lora-adapter")
+                           "weights": {f.name: sha256_file(f) for f in sorted(hf_base.glob("*.safetensors"))}}
+    adapter_path = folder / f"{stage.name}.lora.gguf"
+    adapter = export_lora(result.adapter_dir, base, adapter_path, name=stage.name,
+                          before_commit=_manifest(adapter_path, info, "lora-adapter"))
     merged = quantized = None
     if options.merge or options.quant != "none":
         merged_path = folder / f"{stage.name}.f16.gguf"
+        manifest = _manifest(merged_path, info, "merged-f16")
         if hf_base is not None:
             from .hf_base import merge_hf_to_gguf
 
-            merged = merge_hf_to_gguf(_torch_base(base, hf_base), result.adapter_dir, base, merged_path)
+            merged = merge_hf_to_gguf(_torch_base(base, hf_base), result.adapter_dir, base, merged_path,
+                                      before_commit=manifest)
         else:
             lora = load_lora(result.adapter_dir, base)
-            merged = merge_to_gguf(base, lora.tensors, lora.alpha, merged_path, "f16")
-        _manifest(merged, info, "merged-f16")
+            merged = merge_to_gguf(base, lora.tensors, lora.alpha, merged_path, "f16", before_commit=manifest)
         if options.quant != "none":
-            quantized = quantize_gguf(merged, folder / f"{stage.name}.{options.quant}.gguf", options.quant)
-            _manifest(quantized, {**info, "quantization": options.quant}, "merged-quantized")
+            quantized_path = folder / f"{stage.name}.{options.quant}.gguf"
+            quantized = quantize_gguf(merged, quantized_path, options.quant, before_commit=_manifest(
+                quantized_path, {**info, "quantization": options.quant}, "merged-quantized"))
     return StageArtifacts(stage.name, folder, adapter, merged, quantized, result.train_loss, result.val_loss,
                           result.steps)
 
@@ -189,21 +193,22 @@ def _upstream_info(upstream, base_dir: Path) -> dict | None:
     if upstream is None:
         return None
     stages = {s.name: {"adapter": _relative(s.adapter, base_dir) if s.adapter else None,
-                       "sha256": file_sha256(s.adapter) if s.adapter else None} for s in upstream.config.stages}
+                       "sha256": sha256_file(s.adapter) if s.adapter else None} for s in upstream.config.stages}
     return {"stages": stages, "generated_rows": upstream.generated,
             "cache": _relative(upstream.cache_file, base_dir)}
 
 
-def _manifest(path: Path, info: dict, kind: str) -> None:
-    from .export import write_manifest
+def _manifest(path: Path, info: dict, kind: str):
+    """The ``before_commit`` hook that writes ``path``'s manifest before ``path`` appears."""
+    from .export import manifest_first
 
-    write_manifest(path, {"kind": kind, **info})
+    return manifest_first(path, {"kind": kind, **info})
 
 
 def _manifest_info(config, stage, base: Path, data, result, trainer) -> dict:
     return {
         "stack": config.path.name, "stage": stage.name,
-        "base": {"model": stage.model, "file": base.name, "sha256": file_sha256(base)},
+        "base": {"model": stage.model, "file": base.name, "sha256": sha256_file(base)},
         "data": data.file_hashes,
         "recipe": dataclasses.asdict(stage.train),
         "hyperparameters": {"steps": result.steps, "total_steps": trainer.total, "rows_per_batch": trainer.rows,

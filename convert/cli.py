@@ -10,19 +10,21 @@ from pathlib import Path
 
 import click
 
+from fslm_edge.errors import InputError
+
 _QUANTS = click.Choice(["q4_k_m", "q8_0", "q4_0", "none"])
 
 
 @click.command()
 @click.argument("stack_file", metavar="STACK")
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Folder of the JSONL files.")
+@click.option("--data-dir", required=True, help="Folder of the JSONL files.")
 @click.option("--stage", "stage_name", help="Build only this stage.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps (overrides the recipe).")
 @click.option("--quant", type=_QUANTS, default="none", show_default=True,
               help="Quantize the merged model (implies --merge).")
 @click.option("--merge", is_flag=True, help="Also write base+adapter merged as an F16 GGUF.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+@click.option("--out", "out_dir",
               help="Output folder (default: build/<stack name>/ beside the stack file).")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads (default: one per core, at most 8).")
 @click.option("--device", default="cpu", show_default=True,
@@ -33,9 +35,11 @@ _QUANTS = click.Choice(["q4_k_m", "q8_0", "q4_0", "none"])
 def build(stack_file, data_dir, stage_name, max_steps, quant, merge, resume, out_dir, threads, device, no_progress,
           union):
     """Train every stage of STACK that has a [stage.train] recipe and export it."""
+    from fslm_edge.fileio import output_folder
+
     from .build import BuildOptions, build_stack, stack_lines
 
-    options = BuildOptions(data_dir=Path(data_dir), out_dir=Path(out_dir) if out_dir else None,
+    options = BuildOptions(data_dir=Path(data_dir), out_dir=output_folder(out_dir) if out_dir else None,
                            stage=stage_name, max_steps=max_steps, quant=quant, merge=merge, resume=resume,
                            progress=not no_progress, threads=threads, device=device)
     if union:
@@ -71,61 +75,72 @@ def _base(ref: str) -> Path:
 
 
 @click.command("export-lora")
-@click.argument("adapter_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("adapter_dir")
 @click.option("--base", required=True, help="The base GGUF the adapter was trained on (path or built-in name).")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="The LoRA GGUF to write.")
+@click.option("--out", "out_path", required=True, help="The LoRA GGUF to write.")
 def export_lora_cmd(adapter_dir, base, out_path):
     """Export a PEFT LoRA adapter folder (from any trainer) as a llama.cpp LoRA GGUF."""
-    from .export import export_lora, write_manifest
+    from fslm_edge.fileio import output_file
 
+    from .export import export_lora, manifest_first
+
+    out = output_file(out_path)
     base_path = _base(base)
-    path = export_lora(Path(adapter_dir), base_path, Path(out_path))
-    write_manifest(path, _base_info(base_path, adapter_dir, "lora-adapter"))
+    info = _base_info(base_path, adapter_dir, "lora-adapter")
+    path = export_lora(Path(adapter_dir), base_path, out, before_commit=manifest_first(out, info))
     click.echo(f"wrote {path}")
 
 
 @click.command()
-@click.argument("adapter", type=click.Path(exists=True))
+@click.argument("adapter")
 @click.option("--base", required=True, help="The base GGUF (path or built-in name).")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="The merged GGUF to write.")
+@click.option("--out", "out_path", required=True, help="The merged GGUF to write.")
 @click.option("--type", "ftype", type=click.Choice(["f16", "f32"]), default="f16", show_default=True)
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Adapter scale.")
 def merge(adapter, base, out_path, ftype, scale):
     """Merge ADAPTER (a PEFT folder or a LoRA GGUF) into the base, written as F16/F32 GGUF."""
-    from .export import load_lora, write_manifest
+    from fslm_edge.fileio import output_file
+
+    from .export import load_lora, manifest_first
     from .gguf_model import merge_to_gguf
 
+    out = output_file(out_path)
     base_path = _base(base)
+    if not Path(adapter).exists():
+        raise InputError(f"adapter {adapter} not found; give a PEFT adapter folder or a LoRA GGUF")
     lora = load_lora(Path(adapter), base_path)
-    path = merge_to_gguf(base_path, lora.tensors, lora.alpha, Path(out_path), ftype, adapter_scale=scale)
-    write_manifest(path, _base_info(base_path, adapter, f"merged-{ftype}"))
+    info = _base_info(base_path, adapter, f"merged-{ftype}")
+    path = merge_to_gguf(base_path, lora.tensors, lora.alpha, out, ftype, adapter_scale=scale,
+                         before_commit=manifest_first(out, info))
     click.echo(f"wrote {path}")
 
 
 @click.command()
 @click.argument("source")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "out_path", required=True, help="The quantized GGUF to write.")
 @click.option("--type", "qtype", type=click.Choice(["q4_k_m", "q8_0", "q4_0", "bf16", "f16"]), default="q4_k_m",
               show_default=True)
 def quantize(source, out_path, qtype):
     """Quantize an F16/F32 GGUF (a path or builtin:NAME) with llama.cpp's own
     quantizer; bf16/f16 also take a quantized model (a fast copy for eval --batch)."""
-    from fslm_edge.models import file_sha256, resolve_model
+    from fslm_edge.fileio import output_file, sha256_file
+    from fslm_edge.models import resolve_model
 
-    from .export import write_manifest
+    from .export import manifest_first
     from .gguf_model import quantize_gguf
 
+    out = output_file(out_path)
     source_path = resolve_model(source)
-    path = quantize_gguf(source_path, Path(out_path), qtype)
-    write_manifest(path, {"kind": "quantized", "quantization": qtype,
-                          "source": {"file": source_path.name, "sha256": file_sha256(source_path)}})
+    info = {"kind": "quantized", "quantization": qtype,
+            "source": {"file": source_path.name, "sha256": sha256_file(source_path)}}
+    path = quantize_gguf(source_path, out, qtype, before_commit=manifest_first(out, info))
     click.echo(f"wrote {path}")
 
 
 def _base_info(base: Path, adapter, kind: str) -> dict:
-    from fslm_edge.models import file_sha256
+    from fslm_edge.fileio import sha256_file
 
-    return {"kind": kind, "base": {"file": base.name, "sha256": file_sha256(base)}, "adapter": Path(adapter).name}
+    return {"kind": kind, "base": {"file": base.name, "sha256": sha256_file(base)}, "adapter": Path(adapter).name}
 
 
 def register(group: click.Group) -> None:

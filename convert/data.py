@@ -8,8 +8,6 @@ target is followed by the token that ends a turn in the chat template.
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +16,7 @@ from pathlib import Path
 from fslm_edge.config import StageConfig
 from fslm_edge.errors import DatasetError, InputError
 from fslm_edge.formats import continuation, derived_field
-from fslm_edge.models import file_sha256
+from fslm_edge.fileio import read_jsonl, sha256_file
 from fslm_edge.prompts import stage_prompt
 from fslm_edge.recipe import DataSource, TrainRecipe
 
@@ -87,29 +85,20 @@ class GGUFTokenizer:
 
 def iter_rows(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, row) of a JSONL or JSONL.gz file; DatasetError names file:line."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise DatasetError(f"{path}:{number}: each line must be a JSON object, not {type(row).__name__}")
-                yield number, row
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
-        raise DatasetError(f"{path}: cannot read ({exc})") from None
+    return read_jsonl(path, fix="fix or delete the line")
 
 
 def field_text(row: dict, key: str, where: str) -> str:
     """A row field as text; lists (StrategyQA ``facts``) are joined by newlines.
     Multiple-choice rows also have the derived fields of ``fslm_edge.formats``
     (``question_with_choices``, ``answer_text``, ``answer_letter``)."""
-    if key not in row and (derived := derived_field(row, key)) is not None:
-        return derived
+    if key not in row:
+        try:
+            derived = derived_field(row, key)
+        except ValueError as exc:
+            raise DatasetError(f"{where}: {exc}") from None
+        if derived is not None:
+            return derived
     if key not in row:
         raise DatasetError(f"{where}: no field '{key}' (the row has: {', '.join(sorted(row)) or 'nothing'})")
     value = row[key]
@@ -176,7 +165,7 @@ def load_stage_data(stage: StageConfig, data_dir: Path, tokenizer: GGUFTokenizer
         path = Path(data_dir) / source.file
         if not path.is_file():
             raise DatasetError(f"stage '{stage.name}': data file not found: {path}")
-        hashes[source.file] = file_sha256(path)
+        hashes[source.file] = sha256_file(path)
         train, val = _split_source(path, source, recipe, recipe.seed + index)
         train_parts.append([(path, source, n, row) for n, row in train])
         val_rows.extend((path, source, n, row) for n, row in val)

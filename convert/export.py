@@ -7,10 +7,8 @@ that llama.cpp's single ``adapter.lora.alpha`` reproduces PEFT's scale.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fslm_edge.errors import AdapterError, InputError
+from fslm_edge.fileio import parse_json_text, sha256_file, write_json
 
 from .arch import hf_to_gguf_name, to_gguf_layout
 from .gguf_out import write_lora_gguf
@@ -37,7 +36,12 @@ def _peft_config(folder: Path) -> dict:
     path = folder / "adapter_config.json"
     if not path.is_file():
         raise InputError(f"{folder} is not a PEFT adapter folder (no adapter_config.json)")
-    config = json.loads(path.read_text())
+    try:
+        config = parse_json_text(path.read_bytes())
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}; re-save the adapter with save_pretrained") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: must be a JSON object; re-save the adapter with save_pretrained")
     if config.get("peft_type", "LORA") != "LORA":
         raise InputError(f"{folder}: only LoRA adapters can be exported, not {config.get('peft_type')}")
     if config.get("use_dora"):
@@ -65,7 +69,10 @@ def read_peft_adapter(folder: Path, arch: str, n_head: int, n_head_kv: int) -> G
     weights = folder / "adapter_model.safetensors"
     if not weights.is_file():
         raise InputError(f"{folder}: no adapter_model.safetensors (save the adapter with safe_serialization)")
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error type for a damaged file
+        raise InputError(f"{weights} is unreadable ({exc}); re-save the adapter") from None
     alpha = float(config.get("lora_alpha", 8))
     tensors = {}
     for key, a in state.items():
@@ -93,19 +100,25 @@ def base_layout(base_gguf: Path) -> tuple[str, int, int]:
     return arch, n_head, int(kv.get(f"{arch}.attention.head_count_kv", n_head))
 
 
-def export_lora(adapter_dir: Path, base_gguf: Path, out: Path, name: str | None = None) -> Path:
-    """Write a PEFT adapter as a LoRA GGUF for ``base_gguf`` and check it fits."""
+def export_lora(adapter_dir: Path, base_gguf: Path, out: Path, name: str | None = None,
+                before_commit: Callable[[Path], None] | None = None) -> Path:
+    """Write a PEFT adapter as a LoRA GGUF for ``base_gguf``, checked to fit
+    before it is renamed into place (then ``before_commit(tmp)`` runs)."""
     from fslm_edge.ggufinfo import check_adapter, read_gguf_info
 
     arch, n_head, n_kv = base_layout(base_gguf)
     lora = read_peft_adapter(adapter_dir, arch, n_head, n_kv)
-    path = write_lora_gguf(out, arch, lora.alpha, lora.tensors, name=name or Path(out).stem)
-    try:
-        check_adapter(path, read_gguf_info(base_gguf))
-    except AdapterError:
-        path.unlink(missing_ok=True)
-        raise
-    return path
+    out = Path(out)
+
+    def check_then(tmp: Path) -> None:
+        try:
+            check_adapter(tmp, read_gguf_info(base_gguf))
+        except AdapterError as exc:
+            raise AdapterError(str(exc).replace(tmp.name, out.name)) from None
+        if before_commit is not None:
+            before_commit(tmp)
+
+    return write_lora_gguf(out, arch, lora.alpha, lora.tensors, name=name or out.stem, before_commit=check_then)
 
 
 def read_gguf_lora(path: Path) -> GGUFLora:
@@ -140,21 +153,29 @@ def tool_version() -> str:
         return "unknown"
 
 
-def write_manifest(artifact: Path, info: dict) -> Path:
-    """``<artifact>.manifest.json`` beside the artifact, written atomically."""
-    from fslm_edge.models import file_sha256
-
+def manifest_path(artifact: Path) -> Path:
     artifact = Path(artifact)
-    body = {"artifact": artifact.name, "sha256": file_sha256(artifact) if artifact.is_file() else None,
-            "tool": "fslm-edge", "tool_version": tool_version(), **info}
-    path = artifact.with_name(artifact.name + ".manifest.json")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(body, handle, indent=2, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return artifact.with_name(artifact.name + ".manifest.json")
+
+
+def write_manifest(artifact: Path, info: dict, sha256: str | None = None) -> Path:
+    """``<artifact>.manifest.json`` beside the artifact, written atomically.
+    ``sha256`` is the artifact's (hashed from the file when not given)."""
+    artifact = Path(artifact)
+    if sha256 is None and artifact.is_file():
+        sha256 = sha256_file(artifact)
+    body = {"artifact": artifact.name, "sha256": sha256, "tool": "fslm-edge", "tool_version": tool_version(),
+            **info}
+    return write_json(manifest_path(artifact), body)
+
+
+def manifest_first(artifact: Path, info: dict | Callable[[], dict]) -> Callable[[Path], None]:
+    """A ``before_commit`` hook: the manifest of ``artifact`` is written from
+    its complete temp file before the artifact is renamed into place, so an
+    artifact never exists without its manifest (a kill between the two
+    renames leaves the old artifact, if any, beside the new manifest, whose
+    sha256 then tells them apart)."""
+    def write(tmp: Path) -> None:
+        write_manifest(artifact, info() if callable(info) else info, sha256=sha256_file(tmp))
+
+    return write

@@ -7,14 +7,13 @@ All writes go through :class:`convert.gguf_out.GGUFOut` (temp file + rename).
 from __future__ import annotations
 
 import ctypes
-import os
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from fslm_edge.errors import InputError, ModelError
+from fslm_edge.fileio import AtomicFile, no_space, out_of_space
 
 from .arch import gguf_arch_kv, hf_to_gguf_name, to_gguf_layout
 from .gguf_out import GGUFOut
@@ -52,10 +51,12 @@ def _cast(name: str, array: np.ndarray, ftype: str) -> np.ndarray:
 
 
 def write_model(path: Path, arch: str, tensors: Iterable[tuple[str, np.ndarray]], ftype: str,
-                kv_reader=None, kv_prefix: str | None = None, extra_kv: Iterable[tuple] = ()) -> Path:
+                kv_reader=None, kv_prefix: str | None = None, extra_kv: Iterable[tuple] = (),
+                before_commit: Callable[[Path], None] | None = None) -> Path:
     """A model GGUF from (GGUF name, array) pairs; metadata copied from
     ``kv_reader`` (optionally only keys under ``kv_prefix``) plus ``extra_kv``
-    as (writer method, full key or None, value)."""
+    as (writer method, full key or None, value). ``before_commit(tmp)`` runs
+    on the complete file before it is renamed into place."""
     file_type = _float_type(ftype)
     with GGUFOut(path, arch) as out:
         if kv_reader is not None:
@@ -65,7 +66,7 @@ def write_model(path: Path, arch: str, tensors: Iterable[tuple[str, np.ndarray]]
         out.add_kv("add_file_type", file_type)
         for name, array in tensors:
             out.add_tensor(name, _cast(name, array, ftype))
-        return out.commit()
+        return out.commit(before_commit)
 
 
 def hf_tensors(arch: str, config, state: Mapping[str, object]) -> Iterator[tuple[str, np.ndarray]]:
@@ -78,7 +79,8 @@ def hf_tensors(arch: str, config, state: Mapping[str, object]) -> Iterator[tuple
         yield gname, to_gguf_layout(arch, gname, array, config.num_attention_heads, config.num_key_value_heads)
 
 
-def write_hf_model(path: Path, model, tokenizer_gguf: Path, ftype: str = "f32", name: str = "model") -> Path:
+def write_hf_model(path: Path, model, tokenizer_gguf: Path, ftype: str = "f32", name: str = "model",
+                   before_commit: Callable[[Path], None] | None = None) -> Path:
     """Write a transformers model as a GGUF, taking the tokenizer (and chat
     template) metadata from another GGUF with the same vocabulary."""
     from .arch import ARCHS
@@ -90,7 +92,7 @@ def write_hf_model(path: Path, model, tokenizer_gguf: Path, ftype: str = "f32", 
     extra = [("add_name", None, name)] + [(m, f"{arch}.{k}", v) for m, k, v in gguf_arch_kv(arch, config)]
     reader = open_gguf(tokenizer_gguf)
     return write_model(Path(path), arch, hf_tensors(arch, config, model.state_dict()), ftype,
-                       kv_reader=reader, kv_prefix="tokenizer.", extra_kv=extra)
+                       kv_reader=reader, kv_prefix="tokenizer.", extra_kv=extra, before_commit=before_commit)
 
 
 def merged_tensors(reader, lora: Mapping[str, tuple[np.ndarray, np.ndarray]], scale_of) -> Iterator:
@@ -105,7 +107,8 @@ def merged_tensors(reader, lora: Mapping[str, tuple[np.ndarray, np.ndarray]], sc
 
 
 def merge_to_gguf(base: Path, lora: Mapping[str, tuple[np.ndarray, np.ndarray]], alpha: float,
-                  out: Path, ftype: str = "f16", adapter_scale: float = 1.0) -> Path:
+                  out: Path, ftype: str = "f16", adapter_scale: float = 1.0,
+                  before_commit: Callable[[Path], None] | None = None) -> Path:
     """Base GGUF + LoRA pairs (GGUF layout) -> an F16/F32 GGUF with the base's metadata."""
     reader = open_gguf(base)
     arch = str(read_kv(reader).get("general.architecture"))
@@ -114,10 +117,11 @@ def merge_to_gguf(base: Path, lora: Mapping[str, tuple[np.ndarray, np.ndarray]],
         if name not in names:
             raise ModelError(f"the adapter changes {name}, which base {Path(base).name} does not have")
     return write_model(Path(out), arch, merged_tensors(reader, lora, lambda a: adapter_scale * alpha / a.shape[0]),
-                       ftype, kv_reader=reader)
+                       ftype, kv_reader=reader, before_commit=before_commit)
 
 
-def quantize_gguf(src: Path, dst: Path, qtype: str, n_threads: int = 0) -> Path:
+def quantize_gguf(src: Path, dst: Path, qtype: str, n_threads: int = 0,
+                  before_commit: Callable[[Path], None] | None = None) -> Path:
     """Quantize with llama.cpp's ``llama_model_quantize`` (temp file + rename).
     ``bf16`` and ``f16`` also take a quantized source: its weights are
     dequantized and only rounded to 16 bits (a fast copy for batch scoring)."""
@@ -128,10 +132,7 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, n_threads: int = 0) -> Path:
               "f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16}
     if qtype not in ftypes:
         raise InputError(f"quantization must be one of {', '.join(ftypes)}, not '{qtype}'")
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
+    out = AtomicFile(dst)
     try:
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = ftypes[qtype]
@@ -140,13 +141,14 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, n_threads: int = 0) -> Path:
         from fslm_edge.engine import quiet_stderr
 
         with quiet_stderr():
-            status = llama_cpp.llama_model_quantize(str(src).encode(), tmp.encode(), ctypes.byref(params))
+            status = llama_cpp.llama_model_quantize(str(src).encode(), str(out.tmp).encode(), ctypes.byref(params))
         if status != 0:
-            raise ModelError(f"llama.cpp could not quantize {src} to {qtype} (status {status})")
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, dst)
+            # llama.cpp says only "status 1": a full disk is told apart by trying to grow the file
+            if out.tmp.is_file() and out_of_space(out.tmp):
+                raise no_space(out.target)
+            raise ModelError(f"llama.cpp could not quantize {src} to {qtype} (status {status}); "
+                             "run with --debug to see llama.cpp's log")
+        return out.commit(before_commit)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dst
+        if not out.done:
+            out.discard()

@@ -5,19 +5,24 @@
         out.commit()                              # state: committed (file renamed into place)
 
 Leaving the block without ``commit()`` (an exception, Ctrl-C) aborts: the
-temporary file is removed and nothing appears at ``path``. Calls out of order
-(a tensor after commit, a second commit) raise ``RuntimeError``.
+temporary file is removed and nothing appears at ``path``; temp files of
+``path`` left by a killed earlier run are removed when writing starts
+(:class:`fslm_edge.fileio.AtomicFile`). ``commit(before_commit)`` runs
+``before_commit(tmp)`` on the complete file before the rename (the manifest
+is written there). Calls out of order (a tensor after commit, a second
+commit) raise ``RuntimeError``.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
+
+from fslm_edge.fileio import AtomicFile, space_errors_named
 
 
 class _State(Enum):
@@ -32,10 +37,8 @@ class GGUFOut:
 
         self.path = Path(path)
         self.arch = arch
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._file = AtomicFile(self.path)
+        self._tmp = self._file.tmp
         self.writer = gguf.GGUFWriter(str(self._tmp), arch)
         self._state = _State.COLLECTING
         self._names: set[str] = set()
@@ -59,19 +62,15 @@ class GGUFOut:
         self._require(_State.COLLECTING, f"add metadata ({method})")
         getattr(self.writer, method)(*args)
 
-    def commit(self) -> Path:
+    def commit(self, before_commit: Callable[[Path], None] | None = None) -> Path:
         self._require(_State.COLLECTING, "commit")
         try:
-            self.writer.write_header_to_file()
-            self.writer.write_kv_data_to_file()
-            self.writer.write_tensors_to_file()
-            self.writer.close()
-            with open(self._tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp makes 0600; artifacts are ordinary files
-            os.replace(self._tmp, self.path)
+            with space_errors_named(self.path, self._tmp):
+                self.writer.write_header_to_file()
+                self.writer.write_kv_data_to_file()
+                self.writer.write_tensors_to_file()
+                self.writer.close()
+            self._file.commit(before_commit)
         except BaseException:
             self.abort()
             raise
@@ -86,7 +85,7 @@ class GGUFOut:
             self.writer.close()
         except Exception:  # noqa: BLE001 - best effort while already failing
             pass
-        self._tmp.unlink(missing_ok=True)
+        self._file.discard()
 
     def __enter__(self) -> GGUFOut:
         return self
@@ -98,7 +97,7 @@ class GGUFOut:
 
 def write_lora_gguf(path: str | os.PathLike, arch: str, alpha: float,
                     tensors: Mapping[str, tuple[np.ndarray, np.ndarray]], name: str = "lora",
-                    dtype=np.float32) -> Path:
+                    dtype=np.float32, before_commit: Callable[[Path], None] | None = None) -> Path:
     """Write a llama.cpp LoRA adapter.
 
     ``tensors`` maps a base tensor name (``blk.0.attn_q.weight``) to ``(A, B)``
@@ -115,7 +114,7 @@ def write_lora_gguf(path: str | os.PathLike, arch: str, alpha: float,
                 raise ValueError(f"{base_name}: A {a.shape} and B {b.shape} do not share a rank")
             out.add_tensor(f"{base_name}.lora_a", a.astype(dtype))
             out.add_tensor(f"{base_name}.lora_b", b.astype(dtype))
-        return out.commit()
+        return out.commit(before_commit)
 
 
 def write_random_lora(path: str | os.PathLike, *, arch: str = "llama", n_layers: int = 30, n_in: int = 576,

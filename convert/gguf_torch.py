@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from fslm_edge.errors import ModelError
-from fslm_edge.models import cache_dir, check_gguf_file, file_sha256
+from fslm_edge.fileio import atomic_folder, sha256_file
+from fslm_edge.models import cache_dir, check_gguf_file
 
 from .arch import arch_spec, from_gguf_layout, gguf_to_hf_name, hf_config_dict
 
@@ -92,7 +91,7 @@ def build_model(config_dict: dict, state: dict, dtype=None):
 
 
 def torch_cache_folder(gguf_path: str | os.PathLike, sha256: str | None = None) -> Path:
-    return cache_dir() / "torch" / (sha256 or file_sha256(Path(gguf_path)))
+    return cache_dir() / "torch" / (sha256 or sha256_file(Path(gguf_path)))
 
 
 def load_torch_base(gguf_path: str | os.PathLike, dtype=None):
@@ -113,16 +112,11 @@ def _save_cache(folder: Path, config: dict, state: dict[str, np.ndarray]) -> Non
     import torch
     from safetensors.torch import save_file
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        tensors = {k: torch.from_numpy(np.require(v, np.float32, ["C", "W"])) for k, v in state.items()}
-        save_file(tensors, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(config, indent=1))
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not (folder / "model.safetensors").is_file():  # not a concurrent writer that won
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_folder(folder, keep_existing=True) as tmp:
+            tensors = {k: torch.from_numpy(np.require(v, np.float32, ["C", "W"])) for k, v in state.items()}
+            save_file(tensors, str(tmp / "model.safetensors"))
+            (tmp / "config.json").write_text(json.dumps(config, indent=1))
+    except OSError:
+        if not (folder / "model.safetensors").is_file():  # not a concurrent writer that won
+            raise

@@ -71,7 +71,8 @@ def load_hf_base(folder: Path, gguf: Path):
     return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
 
 
-def merge_hf_to_gguf(model, adapter_dir: Path, tokenizer_gguf: Path, out: Path, ftype: str = "f16") -> Path:
+def merge_hf_to_gguf(model, adapter_dir: Path, tokenizer_gguf: Path, out: Path, ftype: str = "f16",
+                     before_commit=None) -> Path:
     """HF base + PEFT adapter merged in torch, written as a GGUF with the
     stage GGUF's tokenizer and chat template."""
     from peft import PeftModel
@@ -79,4 +80,5 @@ def merge_hf_to_gguf(model, adapter_dir: Path, tokenizer_gguf: Path, out: Path, 
     from .gguf_model import write_hf_model
 
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    return write_hf_model(Path(out), merged, tokenizer_gguf, ftype=ftype, name=Path(out).stem)
+    return write_hf_model(Path(out), merged, tokenizer_gguf, ftype=ftype, name=Path(out).stem,
+                          before_commit=before_commit)

@@ -8,17 +8,15 @@ logits for prompt or padding positions).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from fslm_edge.errors import InputError
+from fslm_edge.fileio import atomic_folder, atomic_path, fingerprint
 from fslm_edge.recipe import TrainRecipe
 
 from .data import StageData
@@ -100,10 +98,7 @@ def _rows_per_batch(recipe: TrainRecipe) -> int:
 
 
 def _fingerprint(recipe: TrainRecipe, data: StageData, total_steps: int) -> str:
-    digest = hashlib.sha256(repr((recipe, total_steps)).encode())
-    for example in data.train:
-        digest.update(repr((example.ids, example.n_prompt)).encode())
-    return digest.hexdigest()
+    return fingerprint(repr((recipe, total_steps)), *(repr((e.ids, e.n_prompt)) for e in data.train))
 
 
 def _schedule(total: int) -> Callable[[int], float]:
@@ -151,6 +146,8 @@ class Trainer:
         return {k: v.detach().clone() for k, v in self.model.named_parameters() if v.requires_grad}
 
     def save_checkpoint(self) -> Path:
+        """Only tensors and plain values, so that resuming can load it with
+        ``weights_only=True`` (a checkpoint file must never be able to run code)."""
         import torch
 
         state = {
@@ -160,15 +157,8 @@ class Trainer:
             "rng": torch.get_rng_state(),
         }
         path = self.out_dir / CHECKPOINT
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=".checkpoint.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
     def load_checkpoint(self) -> bool:
@@ -177,10 +167,25 @@ class Trainer:
         path = self.out_dir / CHECKPOINT
         if not path.is_file():
             return False
-        state = torch.load(path, weights_only=False, map_location="cpu")
+        unreadable = (f"checkpoint {path} is unreadable ({{}}); delete it or run without --resume")
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as exc:  # torch reports a damaged or foreign file in many types
+            raise InputError(unreadable.format(_first_line(exc))) from None
+        if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= state.keys():
+            raise InputError(unreadable.format("not a checkpoint of fslm-edge build"))
         if state["fingerprint"] != self.fingerprint:
             raise InputError(f"{path} was made with another recipe, data or step count; "
                              "rerun without --resume to start over")
+        try:
+            self._restore(state)
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise InputError(unreadable.format(_first_line(exc))) from None
+        return True
+
+    def _restore(self, state: dict) -> None:
+        import torch
+
         params = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, value in state["weights"].items():
@@ -188,9 +193,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        self.step, self.tokens = state["step"], state["tokens"]
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
         self.last_loss, self.val_loss = state["loss"], state["val_loss"]
-        return True
 
     # -- the loop ------------------------------------------------------------
     def run(self, resume: bool = False) -> TrainResult:
@@ -236,18 +240,18 @@ class Trainer:
     def save_adapter(self) -> Path:
         """The PEFT adapter folder (adapter_config.json + safetensors), renamed into place."""
         target = self.out_dir / ADAPTER
-        tmp = Path(tempfile.mkdtemp(dir=self.out_dir, prefix=".adapter."))
-        try:
+        with atomic_folder(target) as tmp:
             self.model.save_pretrained(str(tmp))
-            if target.exists():
-                old = target.with_name(f".{ADAPTER}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(target, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+
+_CHECKPOINT_KEYS = frozenset({"fingerprint", "step", "tokens", "loss", "val_loss", "weights", "optimizer",
+                              "scheduler", "rng"})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _fmt(value) -> str:

@@ -70,6 +70,7 @@ def build_union(stack_path: Path, options: BuildOptions, name: str = "union") ->
     union_stage = dataclasses.replace(stages[-1], name=name, train=recipe)
     info = {**_manifest_info(config, union_stage, base, data, result, trainer),
             "union_of": [s.name for s in stages]}
-    adapter = export_lora(result.adapter_dir, base, folder / f"{name}.lora.gguf", name=name)
-    _manifest(adapter, info, "lora-adapter-union")
+    target = folder / f"{name}.lora.gguf"
+    adapter = export_lora(result.adapter_dir, base, target, name=name,
+                          before_commit=_manifest(target, info, "lora-adapter-union"))
     return StageArtifacts(name, folder, adapter, None, None, result.train_loss, result.val_loss, result.steps)

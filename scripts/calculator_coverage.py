@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib.util
-import json
 import re
 import sys
 from fractions import Fraction
@@ -23,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fslm_edge import calculator  # noqa: E402
+from fslm_edge.fileio import read_jsonl  # noqa: E402
 
 GOLD = re.compile(r"\s*\$?\s*(-?(?:\d+(?:,\d{3})*(?:\.\d+)?|\.\d+))(?![\d/])(%?)")
 
@@ -40,13 +40,12 @@ def judge(written: str | None, gold: Fraction, gold_percent: bool) -> str:
 
 def sites(path: Path):
     """(text up to an '=', the number after it, whether that is a percentage)."""
-    with open(path, encoding="utf-8") as rows:
-        for line in rows:
-            text = json.loads(line)["rationale"]
-            for sign in re.finditer("=", text):
-                found = GOLD.match(text, sign.end())
-                if found:
-                    yield text[:sign.end()], Fraction(found.group(1).replace(",", "")), found.group(2) == "%"
+    for _, row in read_jsonl(path):
+        text = row["rationale"]
+        for sign in re.finditer("=", text):
+            found = GOLD.match(text, sign.end())
+            if found:
+                yield text[:sign.end()], Fraction(found.group(1).replace(",", "")), found.group(2) == "%"
 
 
 def load(path: Path):

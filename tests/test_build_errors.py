@@ -142,7 +142,7 @@ def test_plain_prompt_target_is_tokenized_as_evaluation_scores_it(tiny, tmp_path
     the same ids evaluation scores a choice with."""
     from fslm_edge.config import load_stack_config
     from fslm_edge.engine import LoadedModel
-    from fslm_edge.evaluation.scoring import split_continuation
+    from fslm_edge.engine.scoring import split_continuation
     from fslm_edge.formats import continuation
     from fslm_edge.prompts import stage_prompt
 
@@ -261,7 +261,9 @@ def test_failed_write_leaves_no_file(tiny, tmp_path, monkeypatch):
     import gguf
 
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", boom)
-    with pytest.raises(OSError, match="No space"):
+    from fslm_edge.errors import RuntimeFailure
+
+    with pytest.raises(RuntimeFailure, match="no space left on device writing .*m.gguf"):
         merge_to_gguf(tiny, {"blk.0.attn_q.weight": (np.zeros((2, 64), np.float32), np.zeros((64, 2), np.float32))},
                       4.0, tmp_path / "m.gguf")
     assert list(tmp_path.iterdir()) == []

@@ -17,7 +17,6 @@ The GPU machine has torch/peft/transformers but no llama-cpp-python and no llm-s
 then convert.build.build_stack trains every stage exactly as `fslm-edge build --device cuda` does.
 """
 # ruff: noqa: E402  (llama_cpp is blocked before the project modules are imported)
-import json
 import os
 import sys
 import time
@@ -33,6 +32,7 @@ import convert.data as cdata
 from convert.gguf_torch import load_torch_base, open_gguf, read_kv
 from convert.upstream import UpstreamOutputs
 from fslm_edge.config import load_stack_config
+from fslm_edge.fileio import read_jsonl
 from fslm_edge.prompts import ChatTemplate, stage_prompt
 from fslm_edge.stopping import StopMatcher
 
@@ -135,7 +135,7 @@ def main():
     config = load_stack_config(stack)
     solve = config.stages[1]
     data_dir = Path(os.environ.get("DATA", ".gpu/data"))
-    rows = [json.loads(line) for line in open(data_dir / "gsm8k_train.jsonl")]
+    rows = [row for _, row in read_jsonl(data_dir / "gsm8k_train.jsonl")]
     if os.environ.get("LIMIT"):
         rows = rows[: int(os.environ["LIMIT"])]
     generate_plans(config, solve, out_dir, rows)
