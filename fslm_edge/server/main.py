@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -12,6 +13,14 @@ from ..errors import InputError
 from ..stack import Stack
 from .app import Settings, create_app
 from .workers import ModelWorkers
+
+
+class _StopRequested(Exception):
+    """SIGTERM, after uvicorn has finished its graceful shutdown."""
+
+
+def _stop_requested(_signum, _frame) -> None:
+    raise _StopRequested
 
 
 def load_models(refs: Sequence[str], workers: int, overrides: Mapping[str, Any], max_waiting: int,
@@ -33,8 +42,9 @@ def load_models(refs: Sequence[str], workers: int, overrides: Mapping[str, Any],
                 stacks[0].close()
                 raise InputError(f"{ref}: the model id '{name}' is served already (from another STACK); "
                                  "give the stack another [stack] name")
-            models[name] = ModelWorkers.create(name, stacks, max_waiting)
+            models[name] = ModelWorkers.create(name, stacks, max_waiting)  # closed with the others on failure
             stacks.extend(Stack.load(ref, settings or None) for _ in range(workers - 1))
+            models[name] = ModelWorkers.create(name, stacks, max_waiting)
             log(f"fslm-edge: loaded '{name}' from {ref} ({workers} worker{'s' if workers > 1 else ''}, "
                 f"stages: {', '.join(s.name for s in stacks[0].config.stages)})")
     except BaseException:
@@ -98,7 +108,13 @@ def serve(refs: Sequence[str], host: str = "127.0.0.1", port: int = 8080, api_ke
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         log(f"fslm-edge: serving {', '.join(models)} at http://{shown}:{bound_port}/v1 (Ctrl-C stops)")
-        uvicorn.Server(config).run(sockets=[sock])
+        previous = signal.signal(signal.SIGTERM, _stop_requested)  # uvicorn re-raises it after its shutdown
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except (KeyboardInterrupt, _StopRequested):  # the way a server is meant to be stopped: exit 0
+            log("fslm-edge: stopped")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     finally:
         sock.close()
         for loaded in models.values():
