@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -45,7 +46,20 @@ def cache_dir() -> Path:
 
 
 def resolve_model(ref: str, base_dir: Path | None = None) -> Path:
-    """The local GGUF file a model reference names; ModelError if none."""
+    """The local GGUF file a model reference names; ModelError if none, or if
+    its header is malformed or holds values llama.cpp would abort on."""
+    path = _locate_model(ref, base_dir)
+    from .ggufinfo import read_gguf_info  # ggufinfo imports this module
+
+    if read_gguf_info(path).kind == "adapter":
+        raise ModelError(f"{path} is a LoRA adapter, not a model; use it as the stage's adapter = ... "
+                         "over its base model")
+    return path
+
+
+def _locate_model(ref: str, base_dir: Path | None) -> Path:
+    if "\0" in ref:
+        raise ModelError(f"model reference {ref!r} contains a NUL byte; give a file path or a built-in name")
     ref = ref.strip()
     name = ref.removeprefix("builtin:")
     if name in BUILTINS:
@@ -64,17 +78,36 @@ def resolve_model(ref: str, base_dir: Path | None = None) -> Path:
     return path
 
 
+MIN_GGUF_BYTES = 24  # magic, version, tensor and key counts
+
+
 def check_gguf_file(path: Path) -> None:
-    """Cheap checks before llama.cpp sees the file: exists, magic, not tiny."""
+    """Cheap checks before anything parses the file: a regular file (a FIFO
+    would block the reader forever, a device never ends), GGUF magic, not tiny."""
     try:
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
+        # O_NONBLOCK: opening a FIFO for reading must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except ValueError:
+        raise ModelError(f"model path {str(path)!r} contains a NUL byte") from None
     except IsADirectoryError:
         raise ModelError(f"{path} is a directory, not a GGUF file") from None
     except OSError as exc:
         raise ModelError(f"cannot read model file {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ModelError(f"{path} is a directory, not a GGUF file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ModelError(f"{path} is not a regular file (a pipe, socket or device); give the path of a GGUF file")
+        magic = os.pread(fd, 4, 0)
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     if magic != GGUF_MAGIC:
         raise ModelError(f"{path} is not a GGUF file (wrong magic bytes); convert it with llama.cpp's convert script")
+    if info.st_size < MIN_GGUF_BYTES:
+        raise ModelError(f"{path} is truncated ({info.st_size} bytes, shorter than a GGUF header)")
 
 
 def _builtin_path(model: BuiltinModel) -> Path:
