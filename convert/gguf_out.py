@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fslm_edge.fileio import AtomicFile, space_errors_named
+from fslm_edge.errors import RuntimeFailure
+from fslm_edge.fileio import AtomicFile, no_space, out_of_space, space_errors_named
 
 
 class _State(Enum):
@@ -69,13 +70,25 @@ class GGUFOut:
                 self.writer.write_header_to_file()
                 self.writer.write_kv_data_to_file()
                 self.writer.write_tensors_to_file()
+                self.writer.flush()
+                expected = self.writer.fout[0].tell()
                 self.writer.close()
+                self._check_size(expected)
             self._file.commit(before_commit)
         except BaseException:
             self.abort()
             raise
         self._state = _State.COMMITTED
         return self.path
+
+    def _check_size(self, expected: int) -> None:
+        """numpy writes tensors through a C stdio copy of the file whose
+        failed final flush goes unreported: a short file is caught here."""
+        size = os.path.getsize(self._tmp)
+        if size < expected:
+            if out_of_space(self._tmp):
+                raise no_space(self.path)
+            raise RuntimeFailure(f"writing {self.path} stopped after {size} of {expected} bytes; run again")
 
     def abort(self) -> None:
         if self._state is _State.COMMITTED:
