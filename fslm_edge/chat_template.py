@@ -87,7 +87,7 @@ def _check_binop(operator: str, left, right, budget: _Budget) -> None:
     elif operator == "**":
         if isinstance(left, int) and isinstance(right, int) and right > 0 and \
                 abs(left).bit_length() * right > MAX_POWER_BITS:
-            raise TemplateLimit(f"computed {left} ** {right}, a number too large")
+            raise TemplateLimit(f"computed {left} ** {right}, a number larger than the {MAX_POWER_BITS} bits allowed")
     elif operator == "%" and isinstance(left, str):
         for match in _WIDTH.finditer(left):
             width = match.group(1)
@@ -202,6 +202,11 @@ def _compiled(source: str):
         return None, f"does not compile: {_describe(exc)}"
 
 
+def compile_problem(source: str) -> str | None:
+    """Why ``source`` cannot be compiled ("is ... long", "does not compile: ..."), or None."""
+    return _compiled(source)[1]
+
+
 def compile_chat_template(source: str):
     """The compiled template; ModelError if it is too big or does not compile."""
     template, problem = _compiled(source)
@@ -284,7 +289,7 @@ def _render(template, budget: _Budget, **context) -> str:
         for chunk in template.generate(**context):
             length += len(chunk)
             if length > budget.max_chars:
-                raise TemplateLimit(f"rendered more than {budget.max_chars} characters")
+                raise TemplateLimit(f"rendered more than the {budget.max_chars} characters allowed")
             chunks.append(chunk)
         return "".join(chunks)
     finally:
