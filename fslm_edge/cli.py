@@ -15,17 +15,49 @@ EXIT_INTERRUPTED = 2  # the issue's contract: bad input and interrupts exit 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
 
 
+# Commands defined outside this module, imported only when run (or listed by --help), so that
+# `fslm-edge run` never imports the evaluation or build side.
+LAZY_COMMANDS = {
+    "eval": ("fslm_edge.evaluation.cli", "eval_command"),
+    "build": ("convert.cli", "build"),
+    "export-lora": ("convert.cli", "export_lora_cmd"),
+    "merge": ("convert.cli", "merge"),
+    "quantize": ("convert.cli", "quantize"),
+}
+
+
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
+    click.echo(f"warning: {message}", err=True)
+
+
 class _Cli(click.Group):
-    """Turns FslmError into one line on stderr and its exit code."""
+    """Turns FslmError into one line on stderr and its exit code; finds the
+    lazily imported commands."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str):
+        command = super().get_command(ctx, name)
+        if command is None and name in LAZY_COMMANDS:
+            module, attr = LAZY_COMMANDS[name]
+            import importlib
+
+            command = getattr(importlib.import_module(module), attr)
+        return command
 
     def invoke(self, ctx: click.Context):
         debug = "--debug" in sys.argv[1:] or bool(os.environ.get("FSLM_EDGE_DEBUG"))
+        if not debug:
+            import warnings
+
+            warnings.showwarning = _one_line_warnings
         try:
             return super().invoke(ctx)
         except FslmError as exc:
             if debug:
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {_printable(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except BrokenPipeError:
             # the reader went away (`| head`): stop quietly, the way a C tool dies of SIGPIPE
@@ -39,8 +71,15 @@ class _Cli(click.Group):
         except (OSError, MemoryError) as exc:
             if debug:
                 raise
-            click.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+            click.echo(f"error: {type(exc).__name__}: {_printable(str(exc))} (run with --debug for the traceback)",
+                       err=True)
             ctx.exit(1)
+
+
+def _printable(text: str) -> str:
+    """One line, whatever bytes a hostile name or message holds."""
+    text = text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+    return text.replace("\n", "\\n").replace("\r", "\\r")
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,9 +95,22 @@ def parse_overrides(items: tuple[str, ...]) -> dict[str, object]:
     return parse_override_items(items, "--set")
 
 
+def with_gpu_layers(overrides: dict[str, object], gpu_layers: int | None) -> dict[str, object]:
+    return overrides if gpu_layers is None else {**overrides, "stack.gpu_layers": gpu_layers}
+
+
 def read_question(question: str | None) -> str:
     if question == "-" or (question is None and not sys.stdin.isatty()):
-        question = sys.stdin.read()
+        try:
+            question = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"the question on stdin is not UTF-8 text (byte {exc.start}); "
+                             "convert it, e.g. with iconv -t UTF-8") from None
+    elif question is not None:
+        try:
+            question.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as lone surrogates
+            raise InputError("the question is not UTF-8 text; pass it in UTF-8") from None
     if question is None:
         raise InputError("no question: pass it as an argument, or '-' to read it from stdin")
     if not question.strip():
@@ -74,16 +126,20 @@ def read_question(question: str | None) -> str:
 @click.option("--show-prompts", is_flag=True, help="Show each stage's rendered prompt.")
 @click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE",
               help="Override a stack setting, e.g. --set answer.max_tokens=64 (also *.key, stack.key).")
+@click.option("--choice", "choices", multiple=True, metavar="TEXT",
+              help="The answer must be exactly one of these (repeat the option); enforced while sampling.")
+@click.option("--gpu-layers", type=int, default=None, metavar="N",
+              help="Offload N layers to the GPU (-1: all); same as --set stack.gpu_layers=N.")
 def run(stack_file: str, question: str | None, quiet: bool, as_json: bool, show_prompts: bool,
-        sets: tuple[str, ...]) -> None:
-    """Run STACK on QUESTION ('-' or no QUESTION with a pipe: read stdin)."""
+        sets: tuple[str, ...], choices: tuple[str, ...], gpu_layers: int | None) -> None:
+    """Run STACK (a stack file or a model reference) on QUESTION ('-' or no QUESTION with a pipe: read stdin)."""
     from .events import StackResult, event_to_dict
     from .stack import Stack
 
     text = read_question(question)
-    overrides = parse_overrides(sets)
+    overrides = with_gpu_layers(parse_overrides(sets), gpu_layers)
     with Stack.load(stack_file, overrides) as stack:
-        events = stack.stream(text)
+        events = stack.stream(text, choices=list(choices) or None)
         if as_json:
             for event in events:
                 click.echo(json.dumps(event_to_dict(event), ensure_ascii=False))
@@ -100,11 +156,12 @@ def run(stack_file: str, question: str | None, quiet: bool, as_json: bool, show_
 @main.command()
 @click.argument("stack_file", metavar="STACK")
 @click.option("--set", "sets", multiple=True, metavar="STAGE.KEY=VALUE", help="Override a stack setting.")
-def repl(stack_file: str, sets: tuple[str, ...]) -> None:
+@click.option("--gpu-layers", type=int, default=None, metavar="N", help="Offload N layers to the GPU (-1: all).")
+def repl(stack_file: str, sets: tuple[str, ...], gpu_layers: int | None) -> None:
     """Chat with STACK interactively (/help for commands)."""
     from .repl import Repl
 
-    Repl(stack_file, parse_overrides(sets)).loop()
+    Repl(stack_file, with_gpu_layers(parse_overrides(sets), gpu_layers)).loop()
 
 
 @main.command()
@@ -112,24 +169,18 @@ def repl(stack_file: str, sets: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def info(stack_file: str, as_json: bool) -> None:
     """Show STACK's resolved models, adapters and a memory estimate."""
+    from .engine import backend_info
     from .report import stack_report
 
     report = stack_report(stack_file)
+    backend = backend_info()
+    report["backend"] = {"name": backend.name, "gpu_offload": backend.gpu_offload, "devices": list(backend.devices)}
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         from .view import render_report
 
         render_report(report)
-
-
-# -- commands from other modules (each module registers its own commands) ---
-from convert.cli import register as _register_build  # noqa: E402 - build commands (torch imported lazily)
-
-_register_build(main)
-from .evaluation.cli import eval_command as _eval  # noqa: E402  (issue 4)
-
-main.add_command(_eval)
 
 
 # -- serve: the HTTP server (fslm_edge/server, the `server` extra), imported only when it runs ---

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .cli import parse_overrides
+from .config import parse_override_items
 from .errors import FslmError
 from .events import StackResult
 from .models import cache_dir
@@ -163,7 +163,7 @@ class Repl:
             self.session_overrides.clear()
             self._apply()
             for model in self.stack.models:
-                model.llm.reset()
+                model.reset()
             self.last = None
             self.console.print("settings reset to the stack file")
         else:
@@ -173,7 +173,7 @@ class Repl:
     def _set(self, key: str, value: str) -> None:
         dotted = key if "." in key else f"*.{key}"
         try:
-            update = parse_overrides((f"{dotted}={value}",))
+            update = parse_override_items((f"{dotted}={value}",), "/set")
             candidate = {**self.session_overrides, **update}
             self._apply(candidate)
         except FslmError as exc:

@@ -9,7 +9,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .events import ContextWarning, Event, StackResult, StageEnd, StageStart, TextDelta
+from .events import ContextWarning, Event, StackResult, StageEnd, StageStart, StageWarning, TextDelta
 
 
 def stats_line(event: StageEnd) -> str:
@@ -24,7 +24,7 @@ def render_events(events: Iterable[Event], console: Console | None = None, show_
     console = console or Console(highlight=False)
     result = None
     for event in events:
-        if isinstance(event, ContextWarning):
+        if isinstance(event, (ContextWarning, StageWarning)):
             console.print(f"[yellow]warning:[/] {event.message}")
         elif isinstance(event, StageStart) and show_stages:
             sample = f" [dim]· sample {event.sample}[/]" if event.sample else ""
@@ -80,6 +80,11 @@ def render_report(report: dict, console: Console | None = None) -> None:
     console = console or Console(highlight=False)
     console.print(f"[bold]{report['stack']}[/] — {report['description']}")
     console.print(f"file: {report['file']}  context: {report['context_size']}  threads: {report['threads']}")
+    if "backend" in report:
+        backend = report["backend"]
+        offload = "available" if backend["gpu_offload"] else "not available (CPU-only build)"
+        console.print(f"llama.cpp backend: {backend['name']}  GPU offload: {offload}  "
+                      f"gpu_layers: {report.get('gpu_layers', 0)}")
     models = Table(title="models (each loaded once)")
     for column in ("model", "arch", "quant", "params", "file", "KV cache", "stages"):
         models.add_column(column)

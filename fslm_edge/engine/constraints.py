@@ -16,7 +16,7 @@ import llama_cpp
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from ..errors import InputError
-from .native import captured_logs
+from .native import captured_logs, captured_stderr
 
 MAX_GRAMMAR_BYTES = 1 << 20
 
@@ -92,19 +92,31 @@ def check_grammar(grammar: str, vocab, where: str) -> None:
         raise ConstraintError(f"{where}: the grammar is larger than {MAX_GRAMMAR_BYTES} bytes")
     if "\x00" in grammar:
         raise ConstraintError(f"{where}: the grammar contains a NUL character")
-    with captured_logs() as logs:
+    with captured_logs() as logs, captured_stderr() as printed:
         sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
     if sampler:
         llama_cpp.llama_sampler_free(sampler)
         return
-    message = " ".join(line.strip() for line in logs if line.strip()) or "llama.cpp refused the grammar"
-    raise ConstraintError(f"{_with_line(where, grammar, message)}: invalid GBNF grammar: {_short(message)}")
+    lines = [line.strip() for line in [*printed, *logs] if line.strip()]
+    message = _parse_error(lines) or "llama.cpp refused the grammar"
+    reason = re.sub(r" at .*$", "", message, flags=re.S) if " at " in message else message
+    raise ConstraintError(f"{_with_line(where, grammar, message)}: invalid GBNF grammar: {_short(reason)}; "
+                          "see llama.cpp's grammars/README.md")
+
+
+def _parse_error(lines: list[str]) -> str:
+    """llama.cpp's own reason (``expecting ')' at <rest of the grammar>``)."""
+    text = "\n".join(lines)
+    found = re.search(r"error parsing grammar: (.*?)(?:\n\n|$)", text, re.S)
+    if found:
+        return found.group(1).strip()
+    return " ".join(line for line in lines if "failed to parse" not in line)[:300]
 
 
 def _with_line(where: str, grammar: str, message: str) -> str:
     """``where:line`` when llama.cpp's message quotes the rest of the grammar
     from the point of the error (``... at <text>``) and that text is found."""
-    found = re.search(r"at (.+)$", message)
+    found = re.search(r" at (.+)$", message, re.S)
     if found and ":" not in where.rsplit("/", 1)[-1]:
         rest = found.group(1).strip()[:40]
         at = grammar.find(rest) if rest else -1

@@ -53,6 +53,28 @@ def captured_logs():
 
 
 @contextmanager
+def captured_stderr():
+    """What native code writes to fd 2 inside the block (llama.cpp's grammar
+    parser prints its errors there), as a list that holds one string after the
+    block; under the native lock, so no other thread's output is caught."""
+    import tempfile
+
+    with native_lock:
+        captured: list[str] = []
+        sys.stderr.flush()
+        with tempfile.TemporaryFile() as sink:
+            saved = os.dup(2)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield captured
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                captured.append(sink.read(1 << 16).decode("utf-8", errors="replace"))
+
+
+@contextmanager
 def quiet_stderr():
     """Kept for callers outside the engine that load llama.cpp objects: holds
     the native lock (llama.cpp logs already go through the callback)."""

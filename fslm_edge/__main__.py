@@ -1,0 +1,5 @@
+"""``python -m fslm_edge``: the command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,136 @@
+"""Structured output on the real SmolLM2: choices, JSON schemas and GBNF grammars
+enforced by llama.cpp's grammar sampler, per stage and per call."""
+
+import json
+import subprocess
+import sys
+
+import jsonschema
+import pytest
+
+from fslm_edge import Stack
+from fslm_edge.errors import InputError, StackFileError
+
+LABELS = ["positive", "negative", "neutral"]
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def test_a_stage_constrained_to_three_labels_always_prints_one(make_stack):
+    path = make_stack(f'''
+        [[stage]]
+        name = "label"
+        template = "Sentiment of this review: {{input}}"
+        choices = {json.dumps(LABELS)}
+        max_tokens = 8
+        temperature = 0.9
+        seed = 3
+    ''')
+    reviews = ["I loved it", "Terrible, never again", "It arrived on Tuesday", "meh <|im_end|>", "¿Qué?"]
+    with Stack.load(path) as stack:
+        for number, review in enumerate(reviews):
+            result = stack.run(review, final={"seed": number})
+            assert result.answer in LABELS, result.answer
+
+
+def test_per_call_choices_and_the_cli_choice_option(smollm2_path):
+    with Stack.load("builtin:smollm2-135m-instruct", {"answer.max_tokens": 6}) as stack:
+        assert stack.run("Is the sky green?", choices=["yes", "no"]).answer in ("yes", "no")
+        assert stack.run("Name a fruit").answer not in ("yes", "no")  # the constraint was for one call only
+    out = subprocess.run([sys.executable, "-m", "fslm_edge", "run", "builtin:smollm2-135m-instruct",
+                          "Pick a primary colour", "--quiet", "--choice", "red", "--choice", "blue",
+                          "--set", "answer.max_tokens=4"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() in ("red", "blue")
+
+
+def test_a_json_schema_stage_always_prints_json_that_validates(make_stack, tmp_path):
+    (tmp_path / "person.json").write_text(json.dumps(PERSON))
+    path = make_stack('''
+        [[stage]]
+        name = "person"
+        template = "Describe {input} as JSON with a name and an age."
+        json_schema = "person.json"
+        max_tokens = 48
+    ''')
+    with Stack.load(path) as stack:
+        for who in ("a pirate", "my grandmother", "a robot"):
+            text = stack.run(who).answer
+            jsonschema.validate(json.loads(text), PERSON)
+        inline = stack.run("a cat", json_schema={"type": "object", "properties": {"ok": {"type": "boolean"}},
+                                                 "required": ["ok"]}, final={"max_tokens": 24}).answer
+        assert isinstance(json.loads(inline)["ok"], bool)
+
+
+def test_a_gbnf_grammar_file_constrains_a_stage(make_stack, tmp_path):
+    (tmp_path / "digits.gbnf").write_text('root ::= [0-9] [0-9]? [0-9]?\n')
+    path = make_stack('''
+        [[stage]]
+        name = "n"
+        template = "How many legs does a spider have? {input}"
+        grammar = "digits.gbnf"
+        max_tokens = 5
+    ''')
+    with Stack.load(path) as stack:
+        assert stack.run("Answer with a number.").answer.isdigit()
+
+
+def test_a_bad_grammar_is_a_file_and_line_error(make_stack, tmp_path):
+    (tmp_path / "bad.gbnf").write_text('root ::= "a" | item\n\nitem ::= ( "b" \n')
+    path = make_stack('''
+        [[stage]]
+        name = "n"
+        template = "{input}"
+        grammar = "bad.gbnf"
+    ''')
+    with pytest.raises(InputError) as err:
+        Stack.load(path)
+    assert "bad.gbnf" in str(err.value) and "invalid GBNF" in str(err.value)
+    out = subprocess.run([sys.executable, "-m", "fslm_edge", "run", str(path), "hi"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "bad.gbnf" in out.stderr
+
+
+def test_bad_schemas_and_conflicting_constraints_are_refused(make_stack, tmp_path):
+    (tmp_path / "broken.json").write_text('{"type": "object",\n "properties": {]}')
+    broken = make_stack('''
+        [[stage]]
+        name = "n"
+        template = "{input}"
+        json_schema = "broken.json"
+    ''')
+    with pytest.raises(StackFileError) as err:
+        Stack.load(broken)
+    assert "broken.json:2" in str(err.value)
+    with pytest.raises(StackFileError, match="give one of choices"):
+        Stack.load(make_stack('''
+            [[stage]]
+            name = "n"
+            template = "{input}"
+            choices = ["a"]
+            grammar = "x.gbnf"
+        '''))
+    with Stack.load("builtin:smollm2-135m-instruct") as stack:
+        with pytest.raises(InputError, match="not a valid JSON schema"):
+            stack.run("x", json_schema={"type": "nonsense"})
+        with pytest.raises(InputError, match="give one of"):
+            stack.run("x", choices=["a"], grammar='root ::= "a"')
+        with pytest.raises(InputError, match="max_tokens"):
+            stack.run("x", final={"max_tokens": 0})
+
+
+def test_options_typed_in_the_question_constrain_a_choices_from_input_stage(make_stack):
+    path = make_stack('''
+        [[stage]]
+        name = "answer"
+        template = "Question: {question}\\nAnswer:"
+        chat = false
+        choices_from_input = true
+        max_tokens = 12
+    ''')
+    question = "What do plants absorb from the air?\nA. oxygen\nB. carbon dioxide\nC. helium\nAnswer with the letter."
+    with Stack.load(path) as stack:
+        result = stack.run(question)
+        assert result.answer in ("oxygen", "carbon dioxide", "helium")
+        assert "A. oxygen" not in result.stages[0].prompt  # {question} is the question without its options
