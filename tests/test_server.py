@@ -27,6 +27,7 @@ from fslm_edge.server.protocol import parse_chat, parse_completion  # noqa: E402
 from fslm_edge.server.workers import QueueFull, QueueTimeout, SlotQueue  # noqa: E402
 
 KEY = "test-key-1234"
+LONG_STORY = "Write a very long story about a dragon and a lighthouse, at least 2000 words."  # 600+ tokens
 BUILTIN = "builtin:smollm2-135m-instruct"
 TWO_STAGES = """
 [[stage]]
@@ -251,7 +252,7 @@ def test_a_client_that_disconnects_stops_the_generation(server):
     before = server.health()["models"][model]["cancelled"]
     stream = server.client().chat.completions.create(
         model=model, max_tokens=1500, stream=True,
-        messages=[{"role": "user", "content": "Count from 1 to 1000, one number per line."}])
+        messages=[{"role": "user", "content": LONG_STORY}])
     received = 0
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -303,6 +304,42 @@ def test_load_every_request_answered_or_refused_never_mixed_up(server):
     assert after["busy"] == 0 and after["waiting"] == 0
     assert after["answered"] - before["answered"] == 40
     assert after["refused"] - before["refused"] == sum(r for _, _, r in answers)
+
+
+def test_a_full_queue_is_503_and_a_slow_request_times_out():
+    """One instance, no waiting places, a 1.5 s limit per request."""
+    small = Server(BUILTIN, "--workers", "1", "--queue", "0", "--timeout", "1.5", "--set", "stack.threads=1")
+    try:
+        client = small.client(key="unused")
+        long = {"model": "smollm2-135m-instruct", "max_tokens": 1500,
+                "messages": [{"role": "user", "content": LONG_STORY}]}
+        stream = client.chat.completions.create(**long, stream=True)
+        next(iter(stream))  # the only instance is busy now
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=2,
+                                           messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.status_code == 503 and refused.value.response.headers["retry-after"].isdigit()
+        with pytest.raises(openai.APIError, match="longer than the server's limit of 1.5 s"):
+            for _chunk in stream:  # the stream ends with an error event
+                pass
+        with pytest.raises(openai.APIStatusError) as slow:
+            client.chat.completions.create(**long)
+        assert slow.value.status_code == 504 and slow.value.body["code"] == "timeout"
+        status = small.health()["models"]["smollm2-135m-instruct"]
+        assert status["timed_out"] == 2 and status["refused"] == 1
+    finally:
+        small.stop()
+    assert small.proc.returncode == 0
+
+
+def test_progress_fields_of_every_event_kind():
+    from fslm_edge.events import StageStart, StageWarning
+    from fslm_edge.server.responses import progress_extra
+
+    assert progress_extra(StageStart("recall", 0, "the whole prompt", 0)) == {
+        "event": "stage_start", "stage": "recall", "index": 0, "sample": 0}
+    assert progress_extra(StageWarning("answer", "empty")) == {"event": "warning", "stage": "answer",
+                                                               "message": "empty"}
 
 
 # -- pure logic: request parsing and the wait queue ----------------------------------------

@@ -20,10 +20,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..errors import FslmError
-from ..events import ContextWarning, StackResult, StageStart, TextDelta
+from ..events import ContextWarning, StackResult, StageStart, StageWarning, TextDelta
 from .errors import APIError, from_fslm_error, internal_error
 from .protocol import GenerationRequest, parse_chat, parse_completion, parse_json_body
-from .responses import DONE, ChunkWriter, full_response, sse
+from .responses import DONE, ChunkWriter, StackWarning, full_response, sse
 from .workers import END, ModelWorkers, QueueFull, QueueTimeout, Run
 
 
@@ -172,10 +172,11 @@ class _Server:
         finally:
             leaving.cancel()
         if collecting not in done:
-            run.stop()
             collecting.cancel()
             if leaving in done:
+                run.stop()
                 return Response(status_code=499)  # nobody reads it: the client has gone
+            await run.stop_and_wait()
             run.workers.counters.timed_out += 1
             raise self._timeout_error()
         result, warnings = collecting.result()  # raises the run's FslmError, if any
@@ -192,7 +193,7 @@ class _Server:
         try:
             first = await asyncio.wait_for(run.events.get(), max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
-            run.stop()
+            await run.stop_and_wait()
             run.workers.counters.timed_out += 1
             raise self._timeout_error() from None
         except BaseException:
@@ -208,7 +209,7 @@ class _Server:
     async def _chunks(self, run: Run, wanted: GenerationRequest, first, deadline: float) -> AsyncIterator[bytes]:
         writer = ChunkWriter(wanted)
         final = _FinalText(run.workers.final_stage)
-        warnings: list[ContextWarning] = []
+        warnings: list[StackWarning] = []
         item = first
         try:
             yield writer.opening()
@@ -223,7 +224,7 @@ class _Server:
                     run.workers.counters.answered += 1
                     yield writer.closing(item, warnings)
                     return
-                if isinstance(item, ContextWarning):
+                if isinstance(item, (ContextWarning, StageWarning)):
                     warnings.append(item)
                 text = final.content(item)
                 if text is None:
@@ -233,6 +234,7 @@ class _Server:
                 try:
                     item = await asyncio.wait_for(run.events.get(), max(0.0, deadline - time.monotonic()))
                 except asyncio.TimeoutError:
+                    await run.stop_and_wait()
                     run.workers.counters.timed_out += 1
                     yield sse(self._timeout_error().body()) + DONE
                     return
@@ -266,8 +268,8 @@ class _FinalText:
         return stripped
 
 
-async def _collect(run: Run) -> tuple[StackResult, list[ContextWarning]]:
-    warnings: list[ContextWarning] = []
+async def _collect(run: Run) -> tuple[StackResult, list[StackWarning]]:
+    warnings: list[StackWarning] = []
     result = None
     while True:
         item = await run.events.get()
@@ -276,7 +278,7 @@ async def _collect(run: Run) -> tuple[StackResult, list[ContextWarning]]:
         if isinstance(item, FslmError):
             run.workers.counters.failed += 1
             raise item
-        if isinstance(item, ContextWarning):
+        if isinstance(item, (ContextWarning, StageWarning)):
             warnings.append(item)
         if isinstance(item, StackResult):
             result = item

@@ -8,9 +8,10 @@ import time
 import uuid
 from dataclasses import asdict
 
-from ..events import ContextWarning, StackResult, StageEnd, StageOutput, StageStart
+from ..events import ContextWarning, StackResult, StageOutput, StageWarning
 from .protocol import GenerationRequest
 
+StackWarning = ContextWarning | StageWarning
 EXTRA = "fslm_edge"  # the extra field: OpenAI clients keep it as an unknown attribute and ignore it
 
 
@@ -36,12 +37,12 @@ def stage_dict(output: StageOutput) -> dict:
             "stats": asdict(output.stats)}
 
 
-def result_extra(request: GenerationRequest, result: StackResult, warnings: list[ContextWarning]) -> dict:
+def result_extra(request: GenerationRequest, result: StackResult, warnings: list[StackWarning]) -> dict:
     extra = {
         "input": result.question,
         "stages": [stage_dict(s) for s in result.stages],
         "seconds": result.seconds,
-        "warnings": [{"stage": w.stage, "message": w.message, "dropped_tokens": w.dropped_tokens} for w in warnings],
+        "warnings": [warning_dict(w) for w in warnings],
         "dropped_messages": request.dropped_messages,
     }
     if result.votes:
@@ -50,7 +51,7 @@ def result_extra(request: GenerationRequest, result: StackResult, warnings: list
     return extra
 
 
-def full_response(request: GenerationRequest, result: StackResult, warnings: list[ContextWarning]) -> dict:
+def full_response(request: GenerationRequest, result: StackResult, warnings: list[StackWarning]) -> dict:
     """The ``stream: false`` answer."""
     if request.kind == "chat":
         choice = {"index": 0, "message": {"role": "assistant", "content": result.answer},
@@ -98,7 +99,7 @@ class ChunkWriter:
     def progress(self, event) -> bytes:
         return self._chunk(None, extra=progress_extra(event))
 
-    def closing(self, result: StackResult, warnings: list[ContextWarning]) -> bytes:
+    def closing(self, result: StackResult, warnings: list[StackWarning]) -> bytes:
         """The finish_reason chunk (with the whole result in ``fslm_edge``), the
         usage chunk when asked for, and the end marker."""
         extra = {"event": "result", **result_extra(self.request, result, warnings), "usage": usage(result)}
@@ -110,15 +111,17 @@ class ChunkWriter:
 
 
 def progress_extra(event) -> dict:
-    if isinstance(event, StageStart):
-        return {"event": "stage_start", "stage": event.stage, "index": event.index, "sample": event.sample}
-    if isinstance(event, StageEnd):
-        return {"event": "stage_end", "stage": event.stage, "sample": event.sample, "text": event.text,
-                "stats": asdict(event.stats)}
-    if isinstance(event, ContextWarning):
-        return {"event": "warning", "stage": event.stage, "message": event.message,
-                "dropped_tokens": event.dropped_tokens}
-    return {"event": "delta", "stage": event.stage, "text": event.text}
+    """A stage event as the ``fslm_edge`` field of a progress chunk: its fields,
+    ``type`` renamed ``event``; prompts are left to the result."""
+    fields = asdict(event)
+    fields.pop("prompt", None)
+    return {"event": fields.pop("type"), **fields}
+
+
+def warning_dict(warning: StackWarning) -> dict:
+    fields = asdict(warning)
+    fields.pop("type")
+    return fields
 
 
 def sse(body: dict) -> bytes:

@@ -145,6 +145,7 @@ class Run:
         self.options = options
         self.cancel = threading.Event()
         self.result: StackResult | None = None
+        self.finished = asyncio.Event()  # set on the loop once the instance is released
         self.events: asyncio.Queue = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._work, name=f"fslm-edge {workers.model_id}", daemon=True)
@@ -155,6 +156,15 @@ class Run:
 
     def stop(self) -> None:
         self.cancel.set()
+
+    async def stop_and_wait(self, limit_s: float = 10.0) -> None:
+        """Stop, and return once the instance is free again (within a token or
+        two), so that a client told of a timeout finds it free."""
+        self.stop()
+        try:
+            await asyncio.wait_for(self.finished.wait(), limit_s)
+        except asyncio.TimeoutError:
+            pass
 
     def _emit(self, item) -> None:
         try:
@@ -186,3 +196,4 @@ class Run:
             self.workers.counters.cancelled += 1
         self.workers.record(seconds)
         self.workers.slots.release(self.stack)
+        self.finished.set()
