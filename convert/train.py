@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,9 @@ class Trainer:
         config = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, lora_dropout=recipe.dropout,
                             target_modules=list(recipe.target_modules), bias="none", task_type="CAUSAL_LM")
         try:
-            self.model = get_peft_model(base_model, config)
+            with warnings.catch_warnings():  # peft asks transformers a deprecated property: not the user's business
+                warnings.simplefilter("ignore", FutureWarning)
+                self.model = get_peft_model(base_model, config)
         except ValueError as exc:
             raise InputError(f"LoRA target_modules {list(recipe.target_modules)} do not fit the model: {exc}") from None
         self.rows = _rows_per_batch(recipe)
@@ -250,8 +253,13 @@ _CHECKPOINT_KEYS = frozenset({"fingerprint", "step", "tokens", "loss", "val_loss
 
 
 def _first_line(exc: BaseException) -> str:
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):  # what weights_only=True refuses
+        return "it holds objects other than tensors and plain values, and loading those could run code"
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    reason = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return reason if len(reason) <= 160 else reason[:157] + "..."
 
 
 def _fmt(value) -> str:
