@@ -8,7 +8,7 @@ grammars (``constraints``) and log-likelihood scoring (``scoring``).
 
 from .generate import Generation, collect_text, stream_text
 from .model import ClosedModelError, GPUUnavailableWarning, LoadedModel, ModelPool
-from .native import Backend, amx_in_build, backend_info, default_threads, native_lock, open_llama, quiet_stderr
+from .native import Backend, amx_in_build, backend_info, native_lock, open_llama, quiet_stderr
 
 __all__ = [
     "Backend",
@@ -20,7 +20,6 @@ __all__ = [
     "amx_in_build",
     "backend_info",
     "collect_text",
-    "default_threads",
     "native_lock",
     "open_llama",
     "quiet_stderr",

@@ -99,7 +99,7 @@ def check_grammar(grammar: str, vocab, where: str) -> None:
         return
     lines = [line.strip() for line in [*printed, *logs] if line.strip()]
     message = _parse_error(lines) or "llama.cpp refused the grammar"
-    reason = re.sub(r" at .*$", "", message, flags=re.S) if " at " in message else message
+    reason = re.sub(r"\s+at(\s.*)?$", "", message, flags=re.S)
     raise ConstraintError(f"{_with_line(where, grammar, message)}: invalid GBNF grammar: {_short(reason)}; "
                           "see llama.cpp's grammars/README.md")
 

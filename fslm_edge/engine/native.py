@@ -153,16 +153,3 @@ def backend_info() -> Backend:
              if any(kind.lower() in d.lower() for d in devices) or f"{kind.upper()} = 1" in info]
     name = ", ".join(["CPU", *kinds]) if kinds else "CPU"
     return Backend(name, offload, tuple(devices), info.strip())
-
-
-def default_threads() -> int:
-    """Threads for a model when the stack says 0: one fewer than the cores this
-    process may use (at least 1, at most 8). llama.cpp's worker threads spin
-    while they wait, so a thread per core collapses (about 25x slower here) as
-    soon as any other process keeps one core busy; one core left free keeps a
-    shared machine usable, at little cost when it is quiet."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores - 1))
