@@ -332,6 +332,28 @@ def test_a_full_queue_is_503_and_a_slow_request_times_out():
     assert small.proc.returncode == 0
 
 
+def test_serve_refuses_bad_input_with_one_line(tmp_path):
+    from conftest import write_stack
+
+    def serve(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", "from fslm_edge.cli import main; main()", "serve", *args,
+                               "--port", "0"], capture_output=True, text=True, timeout=120)
+
+    missing = serve(str(tmp_path / "missing.toml"))
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "missing.toml" in missing.stderr
+    one = write_stack(tmp_path, TWO_STAGES, name="one.toml", threads=1)
+    twice = serve(str(one), str(one))
+    assert twice.returncode == 2 and "model id 'test' is served already" in twice.stderr.splitlines()[-1]
+    assert serve(str(one), "--workers", "0").returncode == 2
+
+
+def test_only_loopback_hosts_count_as_local():
+    from fslm_edge.server.main import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.org")
+
+
 def test_progress_fields_of_every_event_kind():
     from fslm_edge.events import StageStart, StageWarning
     from fslm_edge.server.responses import progress_extra

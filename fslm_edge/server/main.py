@@ -112,9 +112,10 @@ def serve(refs: Sequence[str], host: str = "127.0.0.1", port: int = 8080, api_ke
         try:
             uvicorn.Server(config).run(sockets=[sock])
         except (KeyboardInterrupt, _StopRequested):  # the way a server is meant to be stopped: exit 0
-            log("fslm-edge: stopped")
+            pass
         finally:
             signal.signal(signal.SIGTERM, previous)
+        log("fslm-edge: stopped")
     finally:
         sock.close()
         for loaded in models.values():
