@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -67,33 +68,105 @@ def _progress():
                     TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
 
 
-def run_all(targets, runs, lettered, threads, cache_dir, max_new_tokens=256, batch=1):
-    """Evaluate every (target, run); returns {(target, task name): [records]}."""
-    from .harness import ExampleCache, evaluate, open_target
+MODES = ("likelihood", "generate")
 
-    results = {}
-    total = sum(len(run.examples) for run in runs) * len(targets)
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the table: a target in one mode."""
+
+    ref: str
+    mode: str
+    label: str
+
+
+def columns(targets, modes) -> list[Column]:
+    """Every (target, mode); labels are the bare targets when only likelihood
+    mode (today's scoring) is asked for."""
+    plain = list(modes) == ["likelihood"]
+    return [Column(ref, mode, ref if plain else f"{ref} ({mode})") for ref in targets for mode in modes]
+
+
+def _engine(run, mode: str) -> str:
+    """Which target evaluates ``run`` in ``mode``: generative tasks are
+    generated in either mode (as they always were), so both columns share one
+    computation."""
+    return "generate" if mode == "generate" and run.task.kind == "mc" else "likelihood"
+
+
+def _open(ref: str, engine: str, threads, max_new_tokens, cache_dir, batch):
+    from .harness import GenerateTarget, open_target
+
+    if engine == "generate":
+        return GenerateTarget(ref, threads)
+    return open_target(ref, threads, max_new_tokens, cache_dir, batch)
+
+
+def run_all(targets, runs, lettered, threads, cache_dir, max_new_tokens=256, batch=1, modes=("likelihood",)):
+    """Evaluate every (target, mode, run); returns {(column label, task name): records}."""
+    from .harness import ExampleCache, evaluate
+
+    cols = columns(targets, modes)
+    results, done = {}, {}
+    jobs = {(c.ref, _engine(run, c.mode), run.task.name): len(run.examples) for c in cols for run in runs}
     with _progress() as progress:
-        bar = progress.add_task("eval", total=total)
+        bar = progress.add_task("eval", total=sum(jobs.values()))
         for ref in targets:
-            target = open_target(ref, threads, max_new_tokens, cache_dir, batch)
+            opened = {}
             try:
-                for run in runs:
-                    progress.update(bar, description=f"{Path(ref).name} · {run.task.name}")
-                    cache = ExampleCache(cache_dir, target.fingerprint, run.task, lettered) if cache_dir else None
-                    records = []
-                    for record in evaluate(target, run, lettered, cache):
-                        records.append(record)
-                        progress.advance(bar)
-                    results[(ref, run.task.name)] = records
+                for column in (c for c in cols if c.ref == ref):
+                    for run in runs:
+                        engine = _engine(run, column.mode)
+                        key = (ref, engine, run.task.name)
+                        if key not in done:
+                            if engine not in opened:
+                                opened[engine] = _open(ref, engine, threads, max_new_tokens, cache_dir, batch)
+                            target = opened[engine]
+                            progress.update(bar, description=f"{Path(ref).name} · {engine} · {run.task.name}")
+                            mode = "generate" if engine == "generate" else "likelihood"
+                            cache = ExampleCache(cache_dir, target.fingerprint, run.task,
+                                                 lettered and mode == "likelihood", mode) if cache_dir else None
+                            records = []
+                            for record in evaluate(target, run, lettered and mode == "likelihood", cache):
+                                records.append(record)
+                                progress.advance(bar)
+                            done[key] = records
+                        results[(column.label, run.task.name)] = done[key]
             finally:
-                target.close()
+                for target in opened.values():
+                    target.close()
     return results
+
+
+def check_out(out: str) -> tuple[Path, Path]:
+    """The results JSON and chart paths, refused before any question runs if
+    either cannot be written (a folder, a file in the way, a folder that
+    refuses a file: probed by creating and removing a temporary one)."""
+    import os
+    import tempfile
+
+    from ..fileio import output_file
+
+    out_path = output_file(out)
+    chart = output_file(out_path.with_suffix(".png"), "--out's chart")
+    folder = next(p for p in out_path.parents if p.exists())  # output_file checked it is a folder
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".fslm-edge-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"--out {out_path}: cannot write into {folder} ({exc.strerror or exc}); "
+                         "give another path") from None
+    return out_path, chart
 
 
 @click.command("eval")
 @click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
 @click.option("--task", "tasks", multiple=True, metavar="T", help="A named task (repeatable).")
+@click.option("--mode", "modes", multiple=True, type=click.Choice(MODES), default=("likelihood",),
+              show_default=True, help="likelihood: score each choice after the last stage's prompt; generate: run "
+                                      "the target as `fslm-edge run` does and match the printed answer "
+                                      "(repeatable: side by side).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder of <task>_<split>.jsonl files.")
 @click.option("--data", "data_file", type=click.Path(dir_okay=False), help="One JSONL file to evaluate.")
 @click.option("--format", "fmt", type=click.Choice(["mc", "gen"]), help="Schema of --data (default: guessed).")
@@ -111,7 +184,7 @@ def run_all(targets, runs, lettered, threads, cache_dir, max_new_tokens=256, bat
                    "(fastest on BF16/F16 weights; see docs/eval.md).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Per-example cache (resume).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the per-example cache.")
-def eval_command(targets, tasks, data_dir, data_file, fmt, split, limit, seed, out, skip_bad, lettered,
+def eval_command(targets, modes, tasks, data_dir, data_file, fmt, split, limit, seed, out, skip_bad, lettered,
                  threads, max_new_tokens, batch, cache_dir, no_cache):
     """Score TARGETs (stack .toml files or models: builtin:smollm2-135m-instruct, a GGUF path)
     on tasks; prints a side-by-side table, writes OUT (every prediction and stage text) and OUT.png."""
@@ -122,27 +195,30 @@ def eval_command(targets, tasks, data_dir, data_file, fmt, split, limit, seed, o
     from .harness import default_cache_dir
     from .report import render_table, summarize, write_chart, write_json
 
+    out_path, chart = check_out(out)
+    modes = list(dict.fromkeys(modes))
     runs = build_runs(tasks, data_dir, data_file, fmt, split, limit, seed, skip_bad)
     threads = threads if threads > 0 else max(1, min(8, os.cpu_count() or 1))
     folder = None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir()
     started = time.time()
-    results = run_all(list(targets), runs, lettered, threads, folder, max_new_tokens, batch)
+    results = run_all(list(targets), runs, lettered, threads, folder, max_new_tokens, batch, modes)
     task_names = [run.task.name for run in runs]
-    summaries = [summarize(ref, run.task, results[(ref, run.task.name)]) for ref in targets for run in runs]
-    Console().print(render_table(summaries, list(targets), task_names))
-    out_path = Path(out)
-    chart = out_path.with_suffix(".png")
+    cols = columns(targets, modes)
+    labels = [c.label for c in cols]
+    summaries = [summarize(c.label, run.task, results[(c.label, run.task.name)], c.mode) for c in cols for run in runs]
+    Console().print(render_table(summaries, labels, task_names))
     payload = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "settings": {"split": split, "limit": limit, "seed": seed, "lettered": lettered, "threads": threads,
-                     "max_new_tokens": max_new_tokens, "batch": batch},
+                     "max_new_tokens": max_new_tokens, "batch": batch, "modes": modes},
         "targets": list(targets),
+        "columns": [{"label": c.label, "target": c.ref, "mode": c.mode} for c in cols],
         "tasks": [{"name": r.task.name, "file": str(r.path), "split": r.split, "n": len(r.examples),
                    "metric": r.task.metric, "skipped_bad_rows": [str(b) for b in r.bad]} for r in runs],
         "summary": [s.to_dict() for s in summaries],
-        "results": [{"target": ref, "task": name, "examples": records}
-                    for (ref, name), records in results.items()],
+        "results": [{"target": c.ref, "mode": c.mode, "column": c.label, "task": run.task.name,
+                     "examples": results[(c.label, run.task.name)]} for c in cols for run in runs],
     }
     write_json(out_path, payload)
-    write_chart(chart, summaries, list(targets), task_names)
+    write_chart(chart, summaries, labels, task_names)
     click.echo(f"wrote {out_path} and {chart}", err=True)

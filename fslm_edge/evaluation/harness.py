@@ -17,13 +17,15 @@ from pathlib import Path
 
 from ..calculator import VERSION as CALCULATOR_VERSION
 from ..config import Sampling
-from ..engine import LoadedModel
+from ..engine import Generation, LoadedModel, collect_text, stream_text
 from ..formats import continuation
 from ..jsonlog import append_record, read_records
 from ..models import cache_dir, resolve_model
+from ..prompts import Prompt
 from ..stagecache import StageOutputCache, stages_fingerprint
 from .data import BadRow, Example
 from .extract import extract_answer, is_correct
+from .matcher import MATCHER_VERSION, match_answer
 from ..engine.scoring import BatchScorer, ChoiceScorer, Request, split_continuation
 from .tasks import Task
 
@@ -122,25 +124,17 @@ class ModelTarget:
         return records
 
     def run_gen(self, task: Task, example: Example) -> dict:
-        import codecs
-
-        from ..stopping import StopMatcher
-
-        prompt = task.gen_prompt(example)
-        if self.model.chat_template is not None:
-            prompt = self.model.chat_template.prompt([{"role": "user", "content": prompt}])
-        tokens = self.model.tokenize(prompt)
-        stopper = StopMatcher(GEN_STOPS)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        produced, pieces = [], []
-        for token in self.model.generate(tokens, Sampling(max_tokens=self.max_new_tokens, temperature=0.0)):
-            produced.append(token)
-            pieces.append(stopper.feed(decoder.decode(self.model.llm.detokenize([token]))))
-            if stopper.stopped:
-                break
-        pieces.append(stopper.feed(decoder.decode(b"", final=True)) + stopper.flush())
-        record = gen_record(example, "".join(pieces).strip())
-        return {**record, "generated_tokens": len(produced), "stages": []}
+        """Greedy generation through the engine's one loop, on the task's prompt
+        (in the model's chat template when it has one); the question's text is
+        never parsed for special tokens."""
+        parts = task.gen_prompt_parts(example)
+        chat = self.model.chat_template
+        prompt = chat.user_turn(None, parts) if chat is not None else Prompt(parts)
+        tokens = self.model.tokenize_prompt(prompt)
+        request = Generation(Sampling(max_tokens=self.max_new_tokens, temperature=0.0, stop=GEN_STOPS))
+        text, stats = collect_text(stream_text(self.model, tokens, request, None))
+        record = gen_record(example, text.strip())
+        return {**record, "generated_tokens": stats.generated_tokens, "stages": []}
 
     def close(self) -> None:
         if self._batch_scorer is not None:
@@ -199,7 +193,7 @@ class StackTarget:
     def run_mc(self, task: Task, example: Example, lettered: bool) -> dict:
         context, stages, reused = self._context(task.stack_input(example, self.stack.config.show_choices))
         scorer = self._scorers.setdefault(id(context.model), ChoiceScorer(context.model))
-        continuations = [continuation(context.prompt, c) for c in task.stack_continuations(example, lettered)]
+        continuations = [continuation(context.prompt.text, c) for c in task.stack_continuations(example, lettered)]
         requests = [(context.prompt, c) for c in continuations]
         record = mc_record(example, continuations, _score_requests(context.model, scorer, requests))
         # Seconds of the earlier stages when they came from the stage cache: a
@@ -218,6 +212,54 @@ class StackTarget:
         if result.sample_logprobs:
             # JSON has no -inf: an empty sample's figure is null.
             record["sample_logprobs"] = [round(lp, 4) if math.isfinite(lp) else None for lp in result.sample_logprobs]
+        return {**record, "generated_tokens": sum(s["generated_tokens"] for s in stages), "stages": stages}
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+class GenerateTarget:
+    """Generate mode: a stack file or a model reference (a one-stage chat
+    stack, ``template = "{input}"``) run exactly as ``fslm-edge run`` runs it,
+    every stage generated at temperature 0 (a stage with ``samples`` > 1 keeps
+    its seeded sampling and its ``select``); the printed answer is matched to
+    the options by ``matcher.match_answer``. A model reference runs on
+    ``n_threads``; a stack file on its own ``threads``."""
+
+    kind = "generate"
+    batch = 1
+
+    def __init__(self, ref: str, n_threads: int):
+        from ..config import is_stack_ref, load_target_config
+        from ..stack import Stack
+
+        self.name = ref
+        config = load_target_config(ref)
+        overrides: dict = {f"{s.name}.temperature": 0.0 for s in config.stages if s.samples == 1}
+        if not is_stack_ref(ref):
+            overrides["stack.threads"] = n_threads
+        self.stack = Stack.load(ref, overrides)
+        config = self.stack.config
+        parts = [repr(config.stages), repr(sorted(overrides.items())), str(config.context_size)]
+        if config.path.suffix == ".toml":
+            parts.append(config.path.read_text(encoding="utf-8"))
+        parts += [_stat(m.path) for m in self.stack.models]
+        parts += [_stat(s.adapter) for s in config.stages if s.adapter is not None]
+        if any(s.calculator for s in config.stages):
+            parts.append(f"calculator-{CALCULATOR_VERSION}")
+        self.fingerprint = "generate:" + "|".join(parts)
+
+    def run_mc(self, task: Task, example: Example, lettered: bool = False) -> dict:
+        text = task.generate_input(example)
+        result = self.stack.run(text)
+        stages = StackTarget._stages(result.stages)
+        decision = match_answer(result.answer, example.choices)
+        record = {"id": example.id, "question": example.question, "choices": list(example.choices),
+                  "gold": example.answer, "input": text, "output": result.answer, **decision.to_dict(),
+                  "correct": decision.pred == example.answer}
+        if result.votes:
+            record["votes"] = list(result.votes)
+            record["chosen_sample"] = result.chosen_sample
         return {**record, "generated_tokens": sum(s["generated_tokens"] for s in stages), "stages": stages}
 
     def close(self) -> None:
@@ -260,11 +302,17 @@ def format_signature(task: Task, lettered: bool) -> str:
 
 
 class ExampleCache:
-    """Append-only JSONL of finished examples for one (target, task, settings)."""
+    """Append-only JSONL of finished examples for one (target, task, mode,
+    settings). Likelihood mode's key is what it was before modes existed, so
+    its caches stay valid."""
 
-    def __init__(self, folder: Path, target_fingerprint: str, task: Task, lettered: bool):
-        settings = json.dumps([CACHE_VERSION, target_fingerprint, task.name, task.kind, lettered,
-                               format_signature(task, lettered)])
+    def __init__(self, folder: Path, target_fingerprint: str, task: Task, lettered: bool,
+                 mode: str = "likelihood"):
+        key = [CACHE_VERSION, target_fingerprint, task.name, task.kind, lettered, format_signature(task, lettered)]
+        if mode != "likelihood":
+            samples = [Example("sig", "Q _ q", 0, choices, "C") for choices in (("a", "b"), ("yes", "no"))]
+            key += [mode, MATCHER_VERSION, *(task.generate_input(sample) for sample in samples)]
+        settings = json.dumps(key)
         self.path = Path(folder) / f"{hashlib.sha1(settings.encode()).hexdigest()[:20]}.jsonl"
         self.records: dict[str, dict] = {e["key"]: e["record"] for e in read_records(self.path)}
 

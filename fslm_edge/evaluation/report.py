@@ -35,19 +35,22 @@ class Summary:
     metrics: dict
     tokens_per_question: float
     seconds_per_question: float
+    mode: str = "likelihood"
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "task": self.task, "metric": self.metric, "n": self.n, "value": self.value,
-                "ci95": list(self.ci95), "metrics": self.metrics, "tokens_per_question": self.tokens_per_question,
-                "seconds_per_question": self.seconds_per_question}
+        return {"target": self.target, "mode": self.mode, "task": self.task, "metric": self.metric, "n": self.n,
+                "value": self.value, "ci95": list(self.ci95), "metrics": self.metrics,
+                "tokens_per_question": self.tokens_per_question, "seconds_per_question": self.seconds_per_question}
 
 
-def summarize(target: str, task, records: list[dict]) -> Summary:
+def summarize(target: str, task, records: list[dict], mode: str = "likelihood") -> Summary:
+    """``target`` is the column's label. Generate mode scores a multiple-choice
+    answer right or wrong by the matcher: its one metric is ``acc``."""
     n = len(records)
     keys = {"acc": "correct"}
-    if task.kind == "mc":
+    if task.kind == "mc" and mode == "likelihood":
         keys.update(acc_norm="correct_norm", acc_norm_nospace="correct_norm_nospace")
-    else:
+    elif task.kind != "mc":
         keys = {"exact_match": "correct"}
     metrics = {name: (sum(bool(r[key]) for r in records) / n if n else 0.0) for name, key in keys.items()}
     headline = task.metric if task.metric in metrics else next(iter(metrics))
@@ -56,6 +59,7 @@ def summarize(target: str, task, records: list[dict]) -> Summary:
         target, task.name, headline, n, metrics[headline], wilson(hits, n), metrics,
         sum(r.get("generated_tokens", 0) for r in records) / n if n else 0.0,
         sum(r.get("seconds", 0.0) for r in records) / n if n else 0.0,
+        mode,
     )
 
 
@@ -95,13 +99,12 @@ def render_table(summaries: list[Summary], targets: list[str], tasks: list[str])
         table.add_column(Text(target), justify="right", overflow="fold")
     index = {(s.target, s.task): s for s in summaries}
     for task in tasks:
-        cells = []
-        metric = ""
-        for target in targets:
-            s = index.get((target, task))
-            metric = s.metric if s else metric
-            cells.append(f"{100 * s.value:.1f} [{100 * s.ci95[0]:.1f}, {100 * s.ci95[1]:.1f}] n={s.n}" if s else "-")
-        table.add_row(f"{task} ({metric})", *cells)
+        found = [index.get((target, task)) for target in targets]
+        metrics = list(dict.fromkeys(s.metric for s in found if s))
+        # One metric: named in the row's label; several (modes side by side): in each cell.
+        cells = [f"{100 * s.value:.1f} [{100 * s.ci95[0]:.1f}, {100 * s.ci95[1]:.1f}] n={s.n}"
+                 + (f" {s.metric}" if len(metrics) > 1 else "") if s else "-" for s in found]
+        table.add_row(f"{task} ({'/'.join(metrics)})", *cells)
     means = _means(summaries, targets)
     table.add_row("mean", *[f"{100 * means[t]:.1f}" for t in targets], style="bold")
     for label, attr, fmt in (("tokens generated / q", "tokens_per_question", "{:.1f}"),

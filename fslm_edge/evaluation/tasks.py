@@ -6,6 +6,10 @@ with each choice scored as the continuation ``" {choice}"``. With
 ``lettered`` the choices are listed as ``A. ...`` lines and the letters
 ``" A"``, ``" B"``... are scored instead.
 
+In generate mode (``--mode generate``) every target runs as ``fslm-edge run``
+runs it, on the question typed as a person would (``generate_input``), and
+the printed answer is matched to an option (``matcher``).
+
 Through a stack, the stack's ``{input}`` is the question followed by the
 lettered choices (so upstream stages can see them) and each choice's text is
 scored as the continuation of the final stage's prompt (or its letter, with
@@ -22,6 +26,8 @@ from ..errors import InputError
 from .data import Example
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+LETTER_INSTRUCTION = "Answer with the letter of the correct option."
+YES_NO_INSTRUCTION = "Answer yes or no."
 Request = tuple[str, str]  # (context, continuation) for one choice
 
 
@@ -115,6 +121,38 @@ class Task:
         if lettered:
             return [LETTERS[i] for i in range(len(example.choices))]
         return [choice.strip() for choice in example.choices]
+
+    def generate_input(self, example: Example) -> str:
+        """Generate mode's question, the same for every target: a multiple-choice
+        question with its options as lettered lines and a one-line instruction
+        (what ``fslm_edge.options.split_options`` reads back), a yes/no one with
+        "Answer yes or no.", a passage first where the task has one."""
+        from ..formats import mc_input
+        from .matcher import is_yes_no
+
+        passage = example.context if example.context and self.uses_context else None
+        if self.kind != "mc":
+            return self.stack_input(example)
+        if is_yes_no(example.choices):
+            return "\n".join([*([passage] if passage else []), example.question, YES_NO_INSTRUCTION])
+        return f"{mc_input(example.question, list(example.choices), passage)}\n{LETTER_INSTRUCTION}"
+
+    def gen_prompt_parts(self, example: Example) -> tuple[tuple[str, bool], ...]:
+        """``gen_prompt`` as prompt parts: the task's own text trusted, the
+        question and passage untrusted (never parsed for special tokens)."""
+        slots = {"\ue000q\ue001": example.question, "\ue000c\ue001": example.context}
+        marked = Example(example.id, "\ue000q\ue001", example.answer, example.choices,
+                         "\ue000c\ue001" if example.context else "", example.extra)
+        text = self.gen_prompt(marked)
+        parts: list[tuple[str, bool]] = []
+        for piece in re.split("(\ue000[qc]\ue001)", text):
+            if piece in slots:
+                parts.append((slots[piece], False))
+            elif piece:
+                parts.append((piece, True))
+        if "".join(p for p, _ in parts) != self.gen_prompt(example):  # a format that rewrites the question
+            return ((self.gen_prompt(example), False),)
+        return tuple(parts)
 
     def gen_prompt(self, example: Example) -> str:
         return (f"{example.question}\nSolve the problem step by step. End with: The answer is "
