@@ -272,6 +272,26 @@ def test_a_client_that_disconnects_stops_the_generation(server):
     assert again.choices[0].message.content
 
 
+def test_a_waiting_non_streaming_client_that_disconnects_stops_the_generation(server):
+    model = builtin_id(server)
+    before = server.health()["models"][model]
+    body = json.dumps({"model": model, "max_tokens": 1500, "messages": [{"role": "user", "content": LONG_STORY}]})
+    connection = http.client.HTTPConnection(server.host, int(server.port), timeout=60)
+    connection.request("POST", "/v1/chat/completions", body=body,
+                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    deadline = time.monotonic() + 30
+    while server.health()["models"][model]["busy"] == before["busy"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a few tokens into the story
+    connection.close()  # without reading the answer
+    while time.monotonic() < deadline:
+        status = server.health()["models"][model]
+        if status["cancelled"] > before["cancelled"] and status["busy"] == 0:
+            break
+        time.sleep(0.1)
+    assert status["cancelled"] == before["cancelled"] + 1 and status["busy"] == 0, status
+
+
 def test_load_every_request_answered_or_refused_never_mixed_up(server):
     """40 questions from 8 clients against 2 instances and 4 waiting places:
     a refused question (503) is asked again until answered."""

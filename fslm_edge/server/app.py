@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -22,7 +23,7 @@ from starlette.routing import Route
 from ..errors import FslmError
 from ..events import ContextWarning, StackResult, StageStart, StageWarning, TextDelta
 from .errors import APIError, from_fslm_error, internal_error
-from .protocol import GenerationRequest, parse_chat, parse_completion, parse_json_body
+from .protocol import GenerationRequest, parse_chat, parse_completion, parse_json_body, shown
 from .responses import DONE, ChunkWriter, StackWarning, full_response, sse
 from .workers import END, ModelWorkers, QueueFull, QueueTimeout, Run
 
@@ -32,7 +33,6 @@ class Settings:
     api_key: str | None = None
     timeout_s: float = 300.0  # per request: waiting for an instance and generating
     max_body_bytes: int = 1 << 20
-    debug: bool = False
 
 
 def create_app(models: dict[str, ModelWorkers], settings: Settings) -> Starlette:
@@ -49,7 +49,8 @@ def create_app(models: dict[str, ModelWorkers], settings: Settings) -> Starlette
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     """Unknown paths and wrong methods, in the same error shape."""
     kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
-    return _error_response(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", kind))
+    return _error_response(APIError(exc.status_code, f"{request.method} {shown(request.url.path, 200, False)}: "
+                                    f"{exc.detail}", kind))
 
 
 def _error_response(error: APIError) -> JSONResponse:
@@ -146,7 +147,7 @@ class _Server:
         wanted = parse(parse_json_body(await self._read_body(request)))
         workers = self.models.get(wanted.model)
         if workers is None:
-            raise APIError(404, f"model '{wanted.model}' is not served here; served: {', '.join(self.models)}",
+            raise APIError(404, f"model {shown(wanted.model)} is not served here; served: {', '.join(self.models)}",
                            "invalid_request_error", "model", "model_not_found")
         workers.counters.requests += 1
         deadline = time.monotonic() + self.settings.timeout_s
@@ -203,8 +204,10 @@ class _Server:
             run.workers.counters.failed += 1
             raise first
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        # The background task stops the run even if the client left before the first chunk was sent
+        # (the body iterator is then never started, so its own clean-up never runs).
         return StreamingResponse(self._chunks(run, wanted, first, deadline), media_type="text/event-stream",
-                                 headers=headers)
+                                 headers=headers, background=BackgroundTask(run.stop))
 
     async def _chunks(self, run: Run, wanted: GenerationRequest, first, deadline: float) -> AsyncIterator[bytes]:
         writer = ChunkWriter(wanted)

@@ -101,8 +101,7 @@ def serve(refs: Sequence[str], host: str = "127.0.0.1", port: int = 8080, api_ke
         sock.close()
         raise
     try:
-        settings = Settings(api_key=api_key or None, timeout_s=timeout_s, max_body_bytes=max_body_bytes,
-                            debug=debug)
+        settings = Settings(api_key=api_key or None, timeout_s=timeout_s, max_body_bytes=max_body_bytes)
         config = uvicorn.Config(create_app(models, settings), log_level="info" if debug else "warning",
                                 access_log=debug, timeout_graceful_shutdown=5)
         bound_host, bound_port = sock.getsockname()[:2]

@@ -59,8 +59,8 @@ class GenerationRequest:
 def parse_json_body(raw: bytes) -> dict:
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise bad_request(f"the request body is not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # also integers too long to convert, nesting too deep
+        raise bad_request(f"the request body is not valid JSON ({shown(str(exc), 200)})") from None
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     return body
@@ -93,11 +93,13 @@ def _request(kind: str, body: Mapping[str, Any], question: str, dropped: int) ->
 def _check_fields(body: Mapping[str, Any], known: frozenset) -> None:
     for name in body:
         if name not in known:
-            raise bad_request(f"unknown field '{name}' (this server accepts: {', '.join(sorted(known))})", name)
+            raise bad_request(f"unknown field {shown(name)} (this server accepts: {', '.join(sorted(known))})",
+                              shown(name, 80, quote=False))
     for name, allowed in _NEUTRAL.items():
         value = body.get(name)
         if name in body and not (value in allowed and type(value) in {type(a) for a in allowed}):
-            raise bad_request(f"'{name}' = {json.dumps(value)} is not supported by fslm-edge (leave it unset)", name)
+            raise bad_request(f"'{name}' = {shown(json.dumps(value))} is not supported by fslm-edge (leave it unset)",
+                              name)
     for name in _EMPTY_OK:
         if body.get(name):
             raise bad_request(f"'{name}' is not supported by fslm-edge (leave it unset)", name)
@@ -127,7 +129,7 @@ def _check_message(message: Any, where: str) -> None:
         raise bad_request(f"{where} must be an object with 'role' and 'content'", where)
     for key in message:
         if key not in _MESSAGE_KEYS:
-            raise bad_request(f"{where}: unknown field '{key}'", f"{where}.{key}")
+            raise bad_request(f"{where}: unknown field {shown(key)}", f"{where}.{shown(key, 80, quote=False)}")
     if message.get("role") not in _ROLES:
         raise bad_request(f"{where}.role must be one of {', '.join(sorted(_ROLES))}", f"{where}.role")
     _content_text(message.get("content"), f"{where}.content")
@@ -223,8 +225,15 @@ def _json_schema(response_format: Any) -> dict | None:
 def _optional(body: Mapping[str, Any], name: str, ok: Callable[[Any], bool], description: str) -> Any:
     value = body.get(name)
     if value is not None and not ok(value):
-        raise bad_request(f"'{name}' must be {description}, not {json.dumps(value)}", name)
+        raise bad_request(f"'{name}' must be {description}, not {shown(json.dumps(value))}", name)
     return value
+
+
+def shown(text: Any, limit: int = 80, quote: bool = True) -> str:
+    """A client's text as it appears in an error message: cut to ``limit``."""
+    text = str(text)
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return f"'{cut}'" if quote else cut
 
 
 def _is_bool(value: Any) -> bool:
