@@ -203,5 +203,7 @@ def serve(stacks: tuple[str, ...], sets: tuple[str, ...], **options) -> None:
     try:
         from .server.main import serve as run_server
     except ImportError as exc:
+        if (exc.name or "").partition(".")[0] not in ("starlette", "uvicorn", "anyio"):
+            raise
         raise InputError(f"serve needs the server extra ({exc.name} is missing): pip install -e '.[server]'") from None
     run_server(stacks, overrides=parse_overrides(sets), debug=bool(os.environ.get("FSLM_EDGE_VERBOSE")), **options)
