@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import re
 import signal
 import statistics
@@ -159,7 +160,8 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     table: dict[int, list[dict]] = {}
-    print(f"stack {args.stack}, {args.requests} requests per level, settings {args.sets or 'as shipped'}")
+    print(f"stack {args.stack}, {args.requests} requests per level, settings {args.sets or 'as shipped'}; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
     print(f"{'workers':>7} {'clients':>7} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'tok/s':>7}")
     for workers in (int(x) for x in args.workers.split(",")):
         table[workers] = throughput(args.stack, workers, levels, args.requests, args.sets)
@@ -169,9 +171,11 @@ def main() -> None:
     one_client = next(r for r in table[min(table)] if r["clients"] == 1)["req_s"]
     for workers, rows in table.items():
         four = next((r for r in rows if r["clients"] == 4), None)
-        if four:
+        own = next((r for r in rows if r["clients"] == 1), None)
+        if four and own:
             print(f"4 clients, --workers {workers}: {four['req_s']:.2f} req/s = {four['req_s'] / one_client:.2f}x "
-                  f"one client on --workers {min(table)} ({one_client:.2f} req/s; target >= 2x)")
+                  f"one client on --workers {min(table)} ({one_client:.2f} req/s), {four['req_s'] / own['req_s']:.2f}x "
+                  f"one client on the same server (target >= 2x)")
     result = overhead(args.stack, args.sets, args.overhead_questions)
     print(f"overhead, {result['questions']} questions one at a time: Stack.run {result['direct_s']:.2f} s "
           f"({result['direct_tokens']} tokens), HTTP {result['http_s']:.2f} s ({result['http_tokens']} tokens): "
