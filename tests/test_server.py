@@ -23,7 +23,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 from fslm_edge.server.errors import APIError  # noqa: E402
-from fslm_edge.server.protocol import parse_chat, parse_completion  # noqa: E402
+from fslm_edge.server.protocol import CHAT_FIELDS, COMPLETION_FIELDS, parse_chat, parse_completion  # noqa: E402
 from fslm_edge.server.workers import QueueFull, QueueTimeout, SlotQueue  # noqa: E402
 
 KEY = "test-key-1234"
@@ -413,6 +413,33 @@ def test_chat_parsing_refuses(body, param):
     with pytest.raises(APIError) as caught:
         parse_chat(body)
     assert caught.value.status == 400 and caught.value.param == param
+
+
+def test_any_json_body_is_parsed_or_refused_with_a_400():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+    fields = st.sampled_from(sorted(CHAT_FIELDS | COMPLETION_FIELDS | {"role", "content", "x"}))
+    message = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "x"]),
+                                     "content": values | st.text(max_size=8)})
+    bodies = st.dictionaries(fields, values, max_size=6).map(
+        lambda d: {"model": "m", "messages": [{"role": "user", "content": "q"}], "prompt": "q", **d}) | st.builds(
+        lambda extra, messages: {"model": "m", "messages": messages, **extra},
+        st.dictionaries(fields, values, max_size=3), st.lists(message, max_size=3))
+
+    @settings(max_examples=300, deadline=None)
+    @given(bodies)
+    def check(body):
+        for parse in (parse_chat, parse_completion):
+            try:
+                parse(json.loads(json.dumps(body)))
+            except APIError as error:
+                assert error.status == 400 and error.message
+
+    check()
 
 
 def test_slot_queue_is_bounded_and_first_come_first_served():
