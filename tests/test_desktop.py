@@ -42,11 +42,13 @@ def display():
 class Window:
     """The app's process, its stdout transcript, and key presses into it."""
 
-    def __init__(self, display: str, *args: str):
+    def __init__(self, display: str, log: Path, *args: str):
         self.env = {**os.environ, "DISPLAY": display}
         self.display = display
-        self.proc = subprocess.Popen([sys.executable, str(APP), *args], env=self.env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        self.log = log
+        with open(log, "w") as errors:
+            self.proc = subprocess.Popen([sys.executable, str(APP), *args], env=self.env, stdout=subprocess.PIPE,
+                                         stderr=errors, text=True, cwd=ROOT)
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [self.lines.put(line.rstrip("\n")) for line in self.proc.stdout],
                          daemon=True).start()
@@ -62,7 +64,7 @@ class Window:
     def wait_title(self, ending: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while not self.title().endswith(ending):
-            assert time.monotonic() < deadline and self.proc.poll() is None, (self.title(), self.proc.stderr)
+            assert time.monotonic() < deadline and self.proc.poll() is None, (self.title(), self.log.read_text())
             time.sleep(0.1)
 
     def wait_line(self, prefix: str, timeout: float = 120) -> str:
@@ -90,7 +92,7 @@ class Window:
 
 
 def test_ask_watch_stages_then_stop(display, tmp_path):
-    window = Window(display, str(ROOT / "stacks" / "qa.toml"), "--set", "stack.threads=1")
+    window = Window(display, tmp_path / "stderr.txt", str(ROOT / "stacks" / "qa.toml"), "--set", "stack.threads=1")
     try:
         window.wait_title("ready")
         window.type_and_press("Why do leaves change colour in autumn?")
