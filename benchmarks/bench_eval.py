@@ -13,7 +13,11 @@
 4. ``BatchScorer`` (``fslm-edge eval --batch 16``: 16 questions per decode) on the
    Q4_1 file and on a BF16 copy of its weights (``fslm-edge quantize --type bf16``),
    with their agreement with the F16 copy (the weights without kernel rounding);
-5. seconds per question for ``stacks/qa.toml`` (prompt-only, 3 stages) on ARC-Easy.
+5. seconds per question for ``stacks/qa.toml`` (prompt-only, 3 stages) on ARC-Easy;
+6. generate mode (``fslm-edge eval --mode generate``): questions/s of ``stacks/qa.toml``
+   and of the base model run as ``fslm-edge run`` runs them (every stage generated,
+   temperature 0), on ``--n-generate`` ARC-Easy questions, 1 thread
+   (``--generate-only`` runs just this part).
 """
 
 from __future__ import annotations
@@ -226,16 +230,46 @@ def bench_stack(rows, stack_file: Path):
         target.close()
 
 
+def bench_generate(rows, refs: list[str]) -> None:
+    """Generate mode, one question at a time (the engine has no batched
+    generation), on 1 thread: questions/s, tokens generated and accuracy."""
+    from fslm_edge.evaluation.data import parse_mc
+    from fslm_edge.evaluation.harness import GenerateTarget
+    from fslm_edge.evaluation.tasks import TASKS
+
+    examples = [parse_mc(row, number, "bench") for number, row in enumerate(rows, start=1)]
+    for ref in refs:
+        target = GenerateTarget(ref, 1)
+        try:
+            target.run_mc(TASKS["arc_easy"], examples[0])  # warm-up
+            started = time.perf_counter()
+            records = [target.run_mc(TASKS["arc_easy"], example) for example in examples]
+            seconds = time.perf_counter() - started
+        finally:
+            target.close()
+        tokens = sum(r["generated_tokens"] for r in records) / len(records)
+        right = sum(r["correct"] for r in records)
+        print(f"generate mode, {ref}: {len(records)} ARC-Easy questions in {seconds:.1f} s = "
+              f"{len(records) / seconds:.2f} questions/s, {tokens:.0f} tokens generated per question, "
+              f"{right}/{len(records)} right (1 thread, load average {os.getloadavg()[0]:.2f})", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--n", type=int, default=100, help="ARC-Easy questions for llama.cpp")
     parser.add_argument("--n-hf", type=int, default=30, help="questions for transformers (slow)")
     parser.add_argument("--n-stack", type=int, default=3, help="questions through stacks/qa.toml")
+    parser.add_argument("--n-generate", type=int, default=20, help="questions per target in generate mode")
+    parser.add_argument("--generate-only", action="store_true", help="only the generate-mode figure (6.)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    rows = arc_questions(args.data_dir, max(args.n, args.n_hf))
+    rows = arc_questions(args.data_dir, max(args.n, args.n_hf, args.n_generate))
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; threads {args.threads}")
+    generate_refs = [str(ROOT / "stacks" / "qa.toml"), "builtin:smollm2-135m-instruct"]
+    if args.generate_only:
+        bench_generate(rows[: args.n_generate], generate_refs)
+        return
 
     llama, seconds, tokens = bench_llama(rows[: args.n], args.threads)
     llama_qps = args.n / seconds
@@ -268,6 +302,7 @@ def main() -> None:
     per_q, generated = bench_stack(rows[: args.n_stack], ROOT / "stacks" / "qa.toml")
     print(f"stacks/qa.toml (3 prompt-only stages, choices scored on the final prompt): {per_q:.2f} s/question, "
           f"{generated:.0f} tokens generated per question ({args.n_stack} questions)")
+    bench_generate(rows[: args.n_generate], generate_refs)
 
 
 if __name__ == "__main__":
