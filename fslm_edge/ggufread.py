@@ -94,6 +94,22 @@ class _Cursor:
             return text, False, n
         return text[:keep], True, n
 
+    def strings(self, count: int, what: str) -> list[str]:
+        """``count`` strings in one tight loop (a vocabulary has up to ~262k)."""
+        buf, pos, end, items = self.buf, self.pos, len(self.buf), []
+        unpack, append = _U64.unpack_from, items.append
+        for _ in range(count):
+            if pos + 8 > end:
+                raise MalformedGGUF(f"{what} run past the end of the file")
+            n = unpack(buf, pos)[0]
+            pos += 8
+            if pos + n > end:
+                raise MalformedGGUF(f"{what} run past the end of the file")
+            append(str(buf[pos : pos + n], "utf-8", "replace"))
+            pos += n
+        self.pos = pos
+        return items
+
     def skip_strings(self, count: int, what: str) -> None:
         buf, pos, end = self.buf, self.pos, len(self.buf)
         for _ in range(count):
@@ -126,8 +142,7 @@ class _Cursor:
             if self.summary and count > SUMMARY_ARRAY_ITEMS:
                 self.skip_strings(count, f"the strings of '{key}'")
                 return Field(ARRAY, sub, None, count, truncated=True)
-            what = f"an item of '{key}'"
-            return Field(ARRAY, sub, [self.string(what) for _ in range(count)], count)
+            return Field(ARRAY, sub, self.strings(count, f"the strings of '{key}'"), count)
         if sub not in _NUMPY:
             raise MalformedGGUF(f"key '{key}' is an array of unknown type {sub}")
         dtype = np.dtype(_NUMPY[sub]).newbyteorder("<")
