@@ -175,7 +175,7 @@ def check_out(out: str) -> tuple[Path, Path]:
 @click.option("--seed", type=int, help="With --limit: a seeded random sample instead of the first N.")
 @click.option("--out", default="eval_results.json", show_default=True, help="Results JSON (chart: same name .png).")
 @click.option("--skip-bad", is_flag=True, help="Skip bad rows (reported with file:line) instead of failing.")
-@click.option("--lettered", is_flag=True, help="List the choices as A. B. ... and score the letters.")
+@click.option("--lettered", is_flag=True, help="Likelihood mode: list the choices as A. B. ... and score the letters.")
 @click.option("--threads", type=int, default=0, help="CPU threads for single models (0: automatic).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="Generation budget for generative tasks on single models (stacks use their own).")
