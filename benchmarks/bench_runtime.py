@@ -9,7 +9,10 @@
 3. peak RSS of a 3-adapter-stage stack on one base vs the single model,
    each in a fresh process (target <= 1.1x);
 4. cold start of stacks/qa.toml (Stack.load to first token) and the
-   end-to-end latency of one question, in a fresh process (target < 1 s).
+   end-to-end latency of one question, in a fresh process (target < 1 s);
+5. a shared machine: decode tokens/s with one other process keeping a core
+   busy, against the quiet figure, same run, at the default thread count and
+   at one thread per core (target >= 0.5x at the default).
 """
 
 from __future__ import annotations
@@ -138,6 +141,42 @@ print(json.dumps({{"import_s": t1 - t0, "load_to_first_token_s": first - t1, "en
 """
 
 
+BUSY_LOOP = "while True:\n    pass\n"
+
+
+def _decode_tokens_per_s(threads: int, tokens: int) -> float:
+    from fslm_edge import Stack, StageEnd
+
+    body = f'[[stage]]\nname = "s"\ntemplate = "{PROMPT}"\nchat = false\nmax_tokens = {tokens}\n' \
+           'temperature = 0.0\nrepeat_penalty = 1.0\n'
+    with tempfile.TemporaryDirectory() as tmp, Stack.load(_stack_file(Path(tmp), body),
+                                                          {"stack.threads": threads}) as stack:
+        next(e for e in stack.stream("go") if isinstance(e, StageEnd))  # warm up
+        stack.models[0].reset()
+        return next(e for e in stack.stream("go") if isinstance(e, StageEnd)).stats.tokens_per_s
+
+
+def shared_machine(tokens: int) -> dict:
+    """Quiet, then with one busy process, at the default and at one thread per core."""
+    import os
+
+    from fslm_edge.config import default_threads
+
+    cores = len(os.sched_getaffinity(0))
+    settings = {"default": default_threads(), "per_core": cores}
+    quiet = {name: _decode_tokens_per_s(n, tokens) for name, n in settings.items()}
+    busy_process = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+    try:
+        time.sleep(0.5)
+        busy = {name: _decode_tokens_per_s(n, tokens // 2 if name == "per_core" else tokens)
+                for name, n in settings.items()}
+    finally:
+        busy_process.kill()
+        busy_process.wait()
+    return {"cores": cores, "threads": settings, "quiet_tok_s": quiet, "busy_tok_s": busy,
+            "ratio": {name: busy[name] / quiet[name] for name in settings}}
+
+
 def cold_start() -> dict:
     script = COLD_SCRIPT.format(root=str(ROOT), stack=str(ROOT / "stacks" / "qa.toml"))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
@@ -154,8 +193,9 @@ def main() -> None:
         "adapter_swap": adapter_swap(),
         "peak_rss": peak_rss(),
         "cold_start": cold_start(),
+        "shared_machine": shared_machine(args.tokens),
     }
-    o, a, r, c = (results[k] for k in ("overhead", "adapter_swap", "peak_rss", "cold_start"))
+    o, a, r, c, m = (results[k] for k in ("overhead", "adapter_swap", "peak_rss", "cold_start", "shared_machine"))
     print(f"overhead      fslm-edge {o['fslm_tok_s']:.1f} tok/s vs raw llama-cpp-python {o['raw_tok_s']:.1f} tok/s"
           f" -> ratio {o['ratio']:.3f} (target >= 0.98; median of per-round ratios, {o['rounds']} interleaved rounds, "
           f"{o['tokens']} tokens)")
@@ -166,6 +206,10 @@ def main() -> None:
     print(f"cold start    qa.toml load to first token {c['load_to_first_token_s']:.3f} s (target < 1 s; "
           f"python imports {c['import_s']:.3f} s more); end to end {c['end_to_end_s']:.2f} s; "
           f"tokens per stage {c['tokens_per_stage']}")
+    for name, label in (("default", "default"), ("per_core", "one per core")):
+        print(f"shared machine {label} ({m['threads'][name]} threads on {m['cores']} cores): quiet "
+              f"{m['quiet_tok_s'][name]:.1f} tok/s, one core busy {m['busy_tok_s'][name]:.1f} tok/s -> "
+              f"{m['ratio'][name]:.2f}x" + (" (target >= 0.5x)" if name == "default" else ""))
     print(json.dumps(results))
 
 

@@ -48,42 +48,14 @@ def torch_logits(model, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
 
 def llama_cpp_logits(gguf: Path, sequences: Sequence[Sequence[int]], lora: Path | None = None,
                      n_threads: int = 2) -> list[np.ndarray]:
-    from fslm_edge.engine import open_llama, quiet_stderr
+    from fslm_edge.engine.tools import logits_of
 
-    n_ctx = max(len(s) for s in sequences) + 8
-    with quiet_stderr():
-        llm = open_llama(str(gguf), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                         verbose=False, n_threads=n_threads, lora_path=str(lora) if lora else None)
-    try:
-        out = []
-        for seq in sequences:
-            llm.reset()
-            llm.eval(list(seq))
-            out.append(np.array(llm.scores[: len(seq)], dtype=np.float64))
-        return out
-    finally:
-        llm.close()
+    return logits_of(gguf, sequences, lora, n_threads)
 
 
 def greedy(gguf: Path, prompts: Sequence[Sequence[int]], max_tokens: int, lora: Path | None = None,
            n_threads: int = 2) -> list[list[int]]:
     """Greedy continuations (llama.cpp), stopping at end-of-generation tokens."""
-    import llama_cpp
+    from fslm_edge.engine.tools import greedy_tokens
 
-    from fslm_edge.engine import open_llama, quiet_stderr
-
-    with quiet_stderr():
-        llm = open_llama(str(gguf), n_ctx=1024, verbose=False, n_threads=n_threads,
-                         lora_path=str(lora) if lora else None)
-    try:
-        results = []
-        for prompt in prompts:
-            tokens = []
-            for token in llm.generate(list(prompt), temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
-                if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token) or len(tokens) >= max_tokens:
-                    break
-                tokens.append(token)
-            results.append(tokens)
-        return results
-    finally:
-        llm.close()
+    return greedy_tokens(gguf, prompts, max_tokens, lora, n_threads)

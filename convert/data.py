@@ -17,7 +17,8 @@ from fslm_edge.config import StageConfig
 from fslm_edge.errors import DatasetError, InputError
 from fslm_edge.formats import continuation, derived_field
 from fslm_edge.fileio import read_jsonl, sha256_file
-from fslm_edge.prompts import stage_prompt
+from fslm_edge.options import input_values
+from fslm_edge.prompts import Prompt, stage_prompt
 from fslm_edge.recipe import DataSource, TrainRecipe
 
 from .upstream import MODEL_OUTPUT, model_fields
@@ -43,38 +44,25 @@ class StageData:
 
 
 class GGUFTokenizer:
-    """llama.cpp's tokenizer of a GGUF (vocabulary only) and its chat template."""
+    """llama.cpp's tokenizer of a GGUF (vocabulary only) and its chat template,
+    through the runtime's engine: prompts tokenize exactly as the runtime does
+    (special tokens only in the templates' own text)."""
 
     def __init__(self, gguf_path: Path):
-        import llama_cpp
+        from fslm_edge.engine import LoadedModel
 
-        from fslm_edge.engine import quiet_stderr, read_chat_template
+        self.model = LoadedModel(gguf_path, 512, 1, vocab_only=True)
+        self.chat = self.model.chat_template
+        self.end_id = self.model.end_of_turn_token()
 
-        with quiet_stderr():
-            self.llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
-        self.chat = read_chat_template(self.llm)
-        self.end_id = self._end_of_turn()
-
-    def _end_of_turn(self) -> int:
-        """The token that ends an assistant turn: EOT when the chat template closes turns with it
-        rather than with EOS."""
-        eos, eot = self.llm.token_eos(), self.llm._model.token_eot()
-        chat = self.chat
-        if chat and eot >= 0 and eos >= 0 and chat.eos_token not in chat.source:
-            if self.llm._model.token_get_text(eot) in chat.source:
-                return eot
-        return eos
-
-    def prompt_ids(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+    def prompt_ids(self, prompt) -> list[int]:
+        return self.model.tokenize_prompt(prompt)
 
     def text_ids(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        return self.model.tokenize_plain(text)
 
     def close(self) -> None:
-        if self.llm is not None:
-            self.llm.close()
-            self.llm = None
+        self.model.close()
 
     def __enter__(self) -> GGUFTokenizer:
         return self
@@ -193,15 +181,27 @@ def _encode_all(stage, items, tokenizer, max_len, upstream=None) -> tuple[list[E
     return out, skipped
 
 
+def _without_trailing_spaces(prompt: Prompt) -> Prompt:
+    """A trailing space of the prompt belongs to the target (" Paris")."""
+    parts = list(prompt.parts)
+    while parts and not parts[-1][0].rstrip(" "):
+        parts.pop()
+    if parts:
+        parts[-1] = (parts[-1][0].rstrip(" "), parts[-1][1])
+    return Prompt(tuple(parts))
+
+
 def encode_row(stage: StageConfig, source: DataSource, row: dict, tokenizer: GGUFTokenizer, where: str,
                upstream=None) -> Example:
     values = {name: field_text(row, key, where) for name, key in source.field_map.items() if key != MODEL_OUTPUT}
     if len(values) < len(source.field_map):
         outputs = upstream.outputs(values["input"])
         values.update({name: outputs[name] for name, key in source.field_map.items() if key == MODEL_OUTPUT})
+    if "input" in values:  # {question} and {options}, as the runtime derives them from the input
+        values = {**input_values(values["input"]), **values}
     # A trailing space of the prompt belongs to the target (" Paris"), as evaluation tokenizes a choice.
-    prompt = stage_prompt(stage, values, tokenizer.chat).rstrip(" ")
-    target = continuation(prompt, field_text(row, source.target, where))
+    prompt = _without_trailing_spaces(stage_prompt(stage, values, tokenizer.chat))
+    target = continuation(prompt.text, field_text(row, source.target, where))
     prompt_ids = tokenizer.prompt_ids(prompt)
     target_ids = tokenizer.text_ids(target) + [tokenizer.end_id]
     return Example(tuple(prompt_ids + target_ids), len(prompt_ids))

@@ -6,7 +6,6 @@ All writes go through :class:`convert.gguf_out.GGUFOut` (temp file + rename).
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -125,23 +124,13 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, n_threads: int = 0,
     """Quantize with llama.cpp's ``llama_model_quantize`` (temp file + rename).
     ``bf16`` and ``f16`` also take a quantized source: its weights are
     dequantized and only rounded to 16 bits (a fast copy for batch scoring)."""
-    import llama_cpp
+    from fslm_edge.engine.tools import QUANT_TYPES, quantize_file
 
-    ftypes = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
-              "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "bf16": llama_cpp.LLAMA_FTYPE_MOSTLY_BF16,
-              "f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16}
-    if qtype not in ftypes:
-        raise InputError(f"quantization must be one of {', '.join(ftypes)}, not '{qtype}'")
+    if qtype not in QUANT_TYPES:
+        raise InputError(f"quantization must be one of {', '.join(QUANT_TYPES)}, not '{qtype}'")
     out = AtomicFile(dst)
     try:
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = ftypes[qtype]
-        params.allow_requantize = qtype in ("bf16", "f16")
-        params.nthread = n_threads
-        from fslm_edge.engine import quiet_stderr
-
-        with quiet_stderr():
-            status = llama_cpp.llama_model_quantize(str(src).encode(), str(out.tmp).encode(), ctypes.byref(params))
+        status = quantize_file(src, out.tmp, qtype, n_threads)
         if status != 0:
             # llama.cpp says only "status 1": a full disk is told apart by trying to grow the file
             if out.tmp.is_file() and out_of_space(out.tmp):

@@ -107,7 +107,7 @@ def test_mixture_weights_fields_lists_and_few_shot(tiny, tmp_path):
 
     with GGUFTokenizer(tiny) as tok:
         facts = tok.text_ids("fact 3\nsecond") + [end_id]
-        texts = [tok.llm.detokenize(list(e.ids)).decode(errors="replace") for e in stage_data.train]
+        texts = [tok.model.detokenize(list(e.ids)) for e in stage_data.train]
     n_b = sum("Say " in t for t in texts)
     assert 8 <= n_b <= 12, n_b  # weight 1 of 4 -> ~10 of 40
     assert any(list(e.ids[-len(facts):]) == facts for e in stage_data.train) or n_b
@@ -155,8 +155,8 @@ def test_plain_prompt_target_is_tokenized_as_evaluation_scores_it(tiny, tmp_path
     model = LoadedModel(tiny, n_ctx=256, n_threads=1)
     try:
         prompt_text = stage_prompt(stage, {"input": QA_ROWS[0]["question"]}, model.chat_template)
-        assert prompt_text.endswith("\nAnswer:")
-        prompt, target = split_continuation(model, prompt_text, continuation(prompt_text, QA_ROWS[0]["answer"]))
+        assert prompt_text.text.endswith("\nAnswer:")
+        prompt, target = split_continuation(model, prompt_text, continuation(prompt_text.text, QA_ROWS[0]["answer"]))
     finally:
         model.close()
     example = stage_data.train[0]

@@ -78,7 +78,7 @@ def test_model_fields_are_the_earlier_stages_real_outputs(tiny, tmp_path):
     with GGUFTokenizer(tiny) as tok, UpstreamOutputs(config, answer, cache, adapters) as upstream:
         data = load_stage_data(answer, tmp_path, tok, upstream)
         assert upstream.generated == 0  # every row came from the cache
-        first = tok.llm.detokenize(list(data.train[0].ids[: data.train[0].n_prompt])).decode()
+        first = tok.model.detokenize(list(data.train[0].ids[: data.train[0].n_prompt]))
     question = first.split("Q: ", 1)[1].split("\n", 1)[0]
     with Stack.load(stack_path, {"recall.adapter": str(adapters["recall"])}) as stack:
         recall_text = stack.run(question).stages[0].text
