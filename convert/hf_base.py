@@ -11,10 +11,10 @@ shapes; anything else is refused before training starts.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fslm_edge.errors import InputError, ModelError
+from fslm_edge.fileio import parse_json_text
 
 from .arch import ARCHS
 
@@ -31,9 +31,14 @@ def check_hf_folder(folder: Path) -> dict:
     if not any(folder.glob("*.safetensors")):
         raise InputError(f"hf_base: {folder} has no *.safetensors weights (save with safe_serialization=True)")
     try:
-        return json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"hf_base: {config} is not valid JSON ({exc})") from None
+        value = parse_json_text(config.read_bytes())
+    except OSError as exc:
+        raise InputError(f"hf_base: cannot read {config} ({exc.strerror})") from None
+    except ValueError as exc:
+        raise InputError(f"hf_base: {config}: {exc}; re-save the model with save_pretrained") from None
+    if not isinstance(value, dict):
+        raise InputError(f"hf_base: {config} must be a JSON object; re-save the model with save_pretrained")
+    return value
 
 
 def _text_config(config: dict) -> dict:

@@ -278,3 +278,16 @@ def test_sigkill_during_a_write_is_cleaned_by_the_next_write(tmp_path):
     assert len(stale_temp_files(target)) == 1 and not target.exists()
     atomic_write(target, b"done")
     assert [p.name for p in tmp_path.iterdir()] == ["big.bin"]
+
+
+def test_the_caches_survive_a_torn_multibyte_tail(tmp_path):
+    from fslm_edge.stagecache import StageOutputCache
+
+    cache = StageOutputCache(tmp_path / "upstream.jsonl", "fp")
+    cache.put("question \u00e9", {"text": "r\u00e9ponse"})
+    with open(cache.path, "ab") as handle:
+        handle.write('{"key": "x", "text": "\u00e9'.encode()[:-1])
+    again = StageOutputCache(tmp_path / "upstream.jsonl", "fp")
+    assert again.get("question \u00e9") == {"text": "r\u00e9ponse"}
+    again.put("other", {"text": "b"})
+    assert StageOutputCache(tmp_path / "upstream.jsonl", "fp").get("other") == {"text": "b"}
