@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -382,6 +383,21 @@ def _open_lines(path: Path):
     return open(path, "rb")
 
 
+MAX_LINE_BYTES = 64 << 20
+
+
+def _require_regular_file(path: Path) -> None:
+    """A FIFO would block the reader forever and a device never ends."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DatasetError(f"{path} is a folder; give a .jsonl file")
+    if not stat.S_ISREG(info.st_mode):
+        raise DatasetError(f"{path} is not a regular file (a pipe or device); give a .jsonl file")
+
+
 def _stream_errors() -> tuple[type[BaseException], ...]:
     import gzip
     import zlib
@@ -396,6 +412,7 @@ def read_jsonl(path: str | os.PathLike, *, skip_bad: bool = False, bad: list | N
     or with ``skip_bad`` a :class:`BadLine` appended to ``bad``. An unreadable
     file (missing, corrupt gzip) is a DatasetError either way."""
     path = Path(path)
+    _require_regular_file(path)
     try:
         handle = _open_lines(path)
     except OSError as exc:
@@ -404,16 +421,21 @@ def read_jsonl(path: str | os.PathLike, *, skip_bad: bool = False, bad: list | N
     with handle:
         while True:
             try:
-                raw = handle.readline()
+                raw = handle.readline(MAX_LINE_BYTES + 1)
+                too_long = len(raw) > MAX_LINE_BYTES
+                while raw and not raw.endswith(b"\n") and len(raw) > MAX_LINE_BYTES:
+                    raw = handle.readline(MAX_LINE_BYTES + 1)  # the rest of an overlong line
             except _stream_errors() as exc:
                 raise DatasetError(f"{path}:{number + 1}: the file is corrupt or cut short ({exc}); "
                                    "restore or recompress it") from None
             if not raw:
                 return
             number += 1
-            if not raw.strip():
+            if not too_long and not raw.strip():
                 continue
             try:
+                if too_long:
+                    raise ValueError(f"the line is longer than {MAX_LINE_BYTES >> 20} MiB")
                 row = parse_json_text(raw)
                 if not isinstance(row, dict):
                     raise ValueError(f"each line must be a JSON object, not {type(row).__name__}")

@@ -291,3 +291,20 @@ def test_the_caches_survive_a_torn_multibyte_tail(tmp_path):
     assert again.get("question \u00e9") == {"text": "r\u00e9ponse"}
     again.put("other", {"text": "b"})
     assert StageOutputCache(tmp_path / "upstream.jsonl", "fp").get("other") == {"text": "b"}
+
+
+def test_read_jsonl_refuses_pipes_and_folders_and_overlong_lines(tmp_path, monkeypatch):
+    import fslm_edge.fileio as fileio
+
+    fifo = tmp_path / "p.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(DatasetError, match="not a regular file"):
+        list(read_jsonl(fifo))  # would block forever if opened
+    with pytest.raises(DatasetError, match="is a folder"):
+        list(read_jsonl(tmp_path))
+    monkeypatch.setattr(fileio, "MAX_LINE_BYTES", 64)
+    path = tmp_path / "long.jsonl"
+    path.write_text('{"a": 1}\n' + '{"a": "' + "x" * 500 + '"}\n' + '{"a": 2}\n')
+    with pytest.raises(DatasetError, match=r"long\.jsonl:2: the line is longer than"):
+        list(read_jsonl(path))
+    assert list(read_jsonl(path, skip_bad=True)) == [(1, {"a": 1}), (3, {"a": 2})]
