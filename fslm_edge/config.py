@@ -31,6 +31,7 @@ from .templates import TemplateSyntaxError, template_fields
 DEFAULT_MODEL = "smollm2-135m-instruct"
 RESERVED_NAMES = ("input", "stack")
 SELECTORS = ("majority", "likelihood", "mean-likelihood")
+WHEN_VALUES = ("always", "options", "no_options")
 MAX_CONTEXT = 1 << 20  # tokens; llama.cpp models here have 8k-128k
 MAX_SAMPLES = 64
 MAX_NESTING = 64  # TOML tables and arrays inside each other (tomllib recurses)
@@ -89,6 +90,9 @@ STAGE_KEYS: tuple[Key, ...] = (
         "self-consistency: run this stage and the later ones k times", between(1, MAX_SAMPLES)),
     Key("select", (str,), "majority", '"majority", "likelihood" or "mean-likelihood"',
         "how the answer is picked among samples", values=SELECTORS),
+    Key("when", (str,), "always", '"always", "options" or "no_options"',
+        "run only for questions that list lettered options (`options`) or that do not (`no_options`)",
+        values=WHEN_VALUES),
     Key("choices", (list,), None, "a non-empty list of non-empty strings",
         "structured output: the text is exactly one of these strings",
         lambda v: bool(v) and all(isinstance(c, str) and c for c in v)),
@@ -146,6 +150,7 @@ class StageConfig:
     drop_bos: bool = False
     choices: tuple[str, ...] | None = None
     choices_from_input: bool = False
+    when: str = "always"  # "options" / "no_options": run only when the question lists options / does not
     grammar: str | None = None  # GBNF text, read from grammar_file
     grammar_file: Path | None = None
     json_schema: dict | None = None
@@ -462,6 +467,7 @@ def _build_stage(table: Any, index: int, earlier: list[str], all_names: set, sta
         select=values["select"],
         choices=tuple(values["choices"]) if values["choices"] is not None else None,
         choices_from_input=values["choices_from_input"],
+        when=values["when"],
         grammar=_read_grammar(grammar_file, ctx, what, index) if grammar_file else None,
         grammar_file=grammar_file,
         json_schema=_read_schema(values["json_schema"], ctx, what, index),

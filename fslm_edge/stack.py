@@ -82,6 +82,13 @@ class _Call:
     final_sampling: dict = field(default_factory=dict)
     final_constraint: Constraint | None = None
     options: tuple[str, ...] = ()  # the lettered options the question lists (choices_from_input)
+    bindings: list[_Binding] = field(default_factory=list)  # the stages that run for this question
+
+
+def _runs(binding: _Binding, has_options: bool) -> bool:
+    """Whether a stage runs for a question that lists options (or not): its ``when``."""
+    when = binding.config.when
+    return when == "always" or (when == "options") == has_options
 
 
 def _last_value(generator):
@@ -247,39 +254,54 @@ class Stack:
             raise InputError("the question is empty; pass some text (or '-' to read it from stdin)")
         if self._closed or self._closing:
             raise InputError("this stack is closed; load it again")
-        last = self._bindings[-1]
+        question = question.strip()
+        options = split_options(question).options
+        active = [b for b in self._bindings if _runs(b, bool(options))]
+        if not active:
+            raise InputError(f"no stage of this stack runs for a question {'with' if options else 'without'} "
+                             "lettered options (every stage's 'when' excludes it)")
+        last = active[-1]
         call = _Call(cancel or threading.Event(),
                      dict(final or {}),
-                     make_constraint(last.model, choices, grammar, json_schema, where="this call's grammar"))
+                     make_constraint(last.model, choices, grammar, json_schema, where="this call's grammar"),
+                     options, active)
         _final_sampling(last.config.sampling, call.final_sampling)  # refuse bad settings before running
-        stream = self._stream(question.strip(), call)
+        stream = self._stream(question, call)
         self._streams.add(stream)
         return stream
 
     def score_context(self, question: str, upstream: Mapping[str, str] | None = None) -> ScoringContext:
         """Run every stage but the last (as ``run`` does) and prepare the last
         stage's prompt on its model, adapter active: what evaluation scores
-        answer choices against. ``upstream`` gives the earlier stages' texts
-        (by stage name) instead of running them; the context then has no
+        answer choices against. The stages are those that run for a
+        multiple-choice question (``when`` = "always" or "options"), options
+        listed in the question or not. ``upstream`` gives the earlier stages'
+        texts (by stage name) instead of running them; the context then has no
         upstream outputs."""
         if not question or not question.strip():
             raise InputError("the question is empty")
         question = question.strip()
-        call = _Call(threading.Event())
+        active = [b for b in self._bindings if _runs(b, True)]
+        call = _Call(threading.Event(), bindings=active)
         with self._running(call):
-            values = input_values(question)
+            values = self._input_values(question)
             outputs: list[StageOutput] = []
-            for index, binding in enumerate(self._bindings[:-1]):
+            for index, binding in enumerate(active[:-1]):
                 if upstream is not None:
                     values[binding.config.name] = upstream[binding.config.name]
                     continue
                 output = _last_value(self._run_stage(index, _as_sample(binding, 1), values, call))
                 outputs.append(output)
                 values[binding.config.name] = output.text
-            final = self._bindings[-1]
+            final = active[-1]
             final.model.use_adapter(final.config.adapter, final.config.adapter_scale)
             prompt, tokens = _last_value(self._fit_prompt(final.config, final.model, values))
             return ScoringContext(final.model, final.config, prompt, tokens, tuple(outputs))
+
+    def _input_values(self, question: str) -> dict[str, str]:
+        """``{input}``, ``{question}``, ``{options}``, and every stage's name
+        bound to "" until it runs (a stage whose ``when`` skips it stays "")."""
+        return {**{b.config.name: "" for b in self._bindings}, **input_values(question)}
 
     @contextmanager
     def _running(self, call: _Call):
@@ -301,11 +323,11 @@ class Stack:
     def _stream(self, question: str, call: _Call) -> Iterator[Event]:
         with self._running(call):
             started = time.perf_counter()
-            values = input_values(question)
-            call.options = split_options(question).options
+            values = self._input_values(question)
             outputs: list[StageOutput] = []
-            voting = next((i for i, b in enumerate(self._bindings) if b.config.samples > 1), len(self._bindings))
-            for index, binding in enumerate(self._bindings[:voting]):
+            active = call.bindings
+            voting = next((i for i, b in enumerate(active) if b.config.samples > 1), len(active))
+            for index, binding in enumerate(active[:voting]):
                 output = yield from self._run_stage(index, binding, values, call)
                 outputs.append(output)
                 values[binding.config.name] = output.text
@@ -314,7 +336,7 @@ class Stack:
             votes: tuple[str, ...] = ()
             logprobs: tuple[float, ...] = ()
             chosen = 0
-            if voting < len(self._bindings) and not call.cancel.is_set():
+            if voting < len(active) and not call.cancel.is_set():
                 votes, logprobs, chosen = yield from self._run_samples(voting, values, outputs, call)
             cancelled = call.cancel.is_set()
             final = [o for o in outputs if o.sample in (0, chosen)]
@@ -328,13 +350,14 @@ class Stack:
         decoded once). Returns each sample's final text, with ``select =
         "likelihood"`` each sample's log-probability of its text for stage
         ``first`` (else empty), and the chosen sample's number."""
-        sampled = self._bindings[first]
+        active = call.bindings
+        sampled = active[first]
         chains = [dict(values) for _ in range(sampled.config.samples)]
         logprobs: tuple[float, ...] = ()
-        for index in range(first, len(self._bindings)):
+        for index in range(first, len(active)):
             prompt = None
             for sample, chain in enumerate(chains, start=1):
-                binding = _as_sample(self._bindings[index], sample)
+                binding = _as_sample(active[index], sample)
                 output = yield from self._run_stage(index, binding, chain, call, sample)
                 outputs.append(output)
                 chain[binding.config.name] = output.text
@@ -343,7 +366,7 @@ class Stack:
                     return (), (), 0
             if index == first and sampled.config.select != "majority":
                 logprobs = self._text_logprobs(sampled, prompt, [c[sampled.config.name] for c in chains])
-        finals = tuple(chain[self._bindings[-1].config.name] for chain in chains)
+        finals = tuple(chain[active[-1].config.name] for chain in chains)
         chosen = most_likely(logprobs) if logprobs else majority(finals)
         return finals, logprobs, chosen + 1
 
@@ -366,7 +389,7 @@ class Stack:
     def _stage_request(self, index: int, binding: _Binding, call: _Call) -> tuple[Generation, Constraint | None]:
         stage = binding.config
         sampling, constraint = stage.sampling, binding.constraint
-        if index == len(self._bindings) - 1:
+        if index == len(call.bindings) - 1:
             sampling = _final_sampling(sampling, call.final_sampling)
             constraint = call.final_constraint or constraint
         if constraint is None and stage.choices_from_input and call.options:

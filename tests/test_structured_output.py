@@ -134,3 +134,33 @@ def test_options_typed_in_the_question_constrain_a_choices_from_input_stage(make
         result = stack.run(question)
         assert result.answer in ("oxygen", "carbon dioxide", "helium")
         assert "A. oxygen" not in result.stages[0].prompt  # {question} is the question without its options
+
+
+def test_when_runs_a_stage_only_for_questions_with_or_without_options(make_stack):
+    path = make_stack('''
+        [[stage]]
+        name = "notes"
+        template = "Note one fact about: {question}"
+        max_tokens = 6
+
+        [[stage]]
+        name = "pick"
+        when = "options"
+        template = "Question: {question}\\nNotes: {notes}\\nAnswer:"
+        chat = false
+        choices_from_input = true
+        max_tokens = 8
+
+        [[stage]]
+        name = "reply"
+        when = "no_options"
+        template = "{question} (notes: {notes}; pick: '{pick}')"
+        max_tokens = 6
+    ''')
+    with Stack.load(path) as stack:
+        mc = stack.run("Which is a fruit?\nA. apple\nB. brick")
+        assert [s.name for s in mc.stages] == ["notes", "pick"] and mc.answer in ("apple", "brick")
+        open_ = stack.run("Which is a fruit?")
+        assert [s.name for s in open_.stages] == ["notes", "reply"] and open_.answer == open_.stages[-1].text
+        assert "pick: ''" in open_.stages[-1].prompt  # a stage that did not run is empty text to later ones
+        assert stack.score_context("Which is a fruit?").stage.name == "pick"  # scoring is multiple choice
