@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DatasetError, InputError, RuntimeFailure
+from .errors import DatasetError, FslmError, InputError, RuntimeFailure
 
 SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _PROBE_BYTES = 1 << 20
@@ -61,8 +61,14 @@ def output_folder(value: str | os.PathLike, option: str = "--out") -> Path:
 
 # -- disk full ------------------------------------------------------------------
 
+_OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")  # how Rust (safetensors) reports an errno
+
+
 def is_space_error(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in SPACE_ERRNOS
+    if isinstance(exc, OSError):
+        return exc.errno in SPACE_ERRNOS
+    found = _OS_ERROR_IN_TEXT.search(str(exc))
+    return bool(found) and int(found.group(1)) in SPACE_ERRNOS
 
 
 def no_space(path: str | os.PathLike) -> RuntimeFailure:
@@ -86,19 +92,33 @@ def out_of_space(tmp: str | os.PathLike) -> bool:
     return False
 
 
+def folder_out_of_space(folder: str | os.PathLike) -> bool:
+    """:func:`out_of_space` for a writer that removed its half-written file:
+    a new 1 MiB file in ``folder`` fails the same way if space ran out."""
+    probe = Path(folder) / f".probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        return out_of_space(probe)
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+
+
 @contextmanager
 def space_errors_named(path: str | os.PathLike, tmp: str | os.PathLike | None = None) -> Iterator[None]:
     """Turn a full disk while writing ``path`` (through ``tmp``) into RuntimeFailure."""
     try:
         yield
-    except RuntimeFailure:
+    except FslmError:
         raise
-    except OSError as exc:
-        if exc.errno in SPACE_ERRNOS:
+    except Exception as exc:
+        if is_space_error(exc):
             raise no_space(path) from None
-        raise
-    except Exception:
-        if tmp is not None and os.path.isfile(tmp) and out_of_space(tmp):
+        if isinstance(exc, OSError) or tmp is None:
+            raise
+        if os.path.isfile(tmp) and out_of_space(tmp) or not os.path.exists(tmp) and folder_out_of_space(
+                Path(path).parent):
             raise no_space(path) from None
         raise
 
@@ -272,7 +292,7 @@ def atomic_folder(target: str | os.PathLike, keep_existing: bool = False) -> Ite
     try:
         try:
             yield tmp
-        except RuntimeFailure:
+        except FslmError:
             raise
         except Exception as exc:
             if is_space_error(exc) or _folder_out_of_space(tmp):
@@ -293,9 +313,11 @@ def atomic_folder(target: str | os.PathLike, keep_existing: bool = False) -> Ite
 
 
 def _folder_out_of_space(folder: Path) -> bool:
-    """:func:`out_of_space` on the largest file of a half-written folder."""
+    """:func:`out_of_space` on the largest file of a half-written folder (or a new one)."""
     files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
-    return bool(files) and out_of_space(max(files, key=lambda p: p.stat().st_size))
+    if not files:
+        return folder_out_of_space(folder)
+    return out_of_space(max(files, key=lambda p: p.stat().st_size))
 
 
 # -- hashes ---------------------------------------------------------------------

@@ -109,7 +109,8 @@ def test_cli_resume_with_a_crafted_checkpoint_is_one_line_exit_2(built, tmp_path
     assert not marker.exists()
 
 
-def test_full_disk_during_build_is_one_line_exit_1(built, tmp_path):
+@pytest.mark.parametrize("cache", ["filled", "empty"])  # empty: the torch copy of the base is written first
+def test_full_disk_during_build_is_one_line_exit_1(built, tmp_path, cache):
     import resource
     import signal
 
@@ -120,9 +121,12 @@ def test_full_disk_during_build_is_one_line_exit_1(built, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 10, 4 << 10))
 
     out = tmp_path / "full"
+    env = {"FSLM_EDGE_CACHE": str(tmp_path / "fresh-cache")} if cache == "empty" else None
     done = run_cli("build", stack, "--data-dir", tmp_path, "--out", out, "--max-steps", "2", "--no-progress",
-                   preexec_fn=limit)
+                   preexec_fn=limit, env=env)
     assert done.returncode == 1, done.stderr
     lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("train step")]
     assert len(lines) == 1 and lines[0].startswith("error: no space left on device writing "), lines
-    assert not [p for p in out.rglob("*") if p.is_file() and (p.name.endswith(".tmp") or p.suffix == ".gguf")]
+    left = [p for folder in (out, tmp_path / "fresh-cache") if folder.exists() for p in folder.rglob("*")
+            if p.is_file() and (p.name.endswith(".tmp") or p.suffix in (".gguf", ".safetensors"))]
+    assert left == []

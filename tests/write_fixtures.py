@@ -36,9 +36,10 @@ def cli_env() -> dict:
     return env
 
 
-def run_cli(*args: str, preexec_fn=None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, preexec_fn=None, timeout: float = 300, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
     return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env=cli_env(), preexec_fn=preexec_fn)
+                          env={**cli_env(), **(env or {})}, preexec_fn=preexec_fn)
 
 
 def stray_temp_files(folder: Path) -> list[Path]:
