@@ -493,20 +493,25 @@ def read_records(path: str | os.PathLike) -> list[dict]:
         return []
     except IsADirectoryError:
         raise InputError(f"{path} is a folder, not a record log; remove it") from None
-    lines = data.split(b"\n")
-    if lines and lines[-1]:
-        lines = lines[:-1]  # no newline at the end: a write cut short
     records = []
-    for raw in lines:
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            continue
-        if isinstance(record, dict):
+    for raw in data.split(b"\n"):
+        record = _log_record(raw)
+        if record is not None:
             records.append(record)
     return records
+
+
+def _log_record(raw: bytes) -> dict | None:
+    """One log line as a record, or None. A line cut short never parses as an
+    object (what json.dumps writes ends with its only unnested ``}``), so a
+    last line that does was complete and lost only its newline."""
+    if not raw.strip():
+        return None
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _drop_torn_tail(handle) -> None:
@@ -525,10 +530,14 @@ def _drop_torn_tail(handle) -> None:
         chunk = handle.read(end - start)
         cut = chunk.rfind(b"\n")
         if cut >= 0:
-            handle.truncate(start + cut + 1)
-            return
+            break
         end = start
-    handle.truncate(0)
+    line_start = start + cut + 1 if end > 0 else 0
+    handle.seek(line_start)
+    if _log_record(handle.read(size - line_start)) is not None:
+        handle.write(b"\n")  # a complete record that lost only its newline is kept
+    else:
+        handle.truncate(line_start)
 
 
 def append_record(path: str | os.PathLike, record: dict) -> None:

@@ -308,3 +308,14 @@ def test_read_jsonl_refuses_pipes_and_folders_and_overlong_lines(tmp_path, monke
     with pytest.raises(DatasetError, match=r"long\.jsonl:2: the line is longer than"):
         list(read_jsonl(path))
     assert list(read_jsonl(path, skip_bad=True)) == [(1, {"a": 1}), (3, {"a": 2})]
+
+
+def test_a_complete_last_record_that_lost_only_its_newline_is_kept(tmp_path):
+    log = tmp_path / "cache.jsonl"
+    log.write_bytes(b'{"key": "a"}\n{"key": "b", "v": {"n": 1}}')
+    assert read_records(log) == [{"key": "a"}, {"key": "b", "v": {"n": 1}}]
+    append_record(log, {"key": "c"})
+    assert read_records(log) == [{"key": "a"}, {"key": "b", "v": {"n": 1}}, {"key": "c"}]
+    log.write_bytes(b'{"key": "only", "torn')  # a torn first and only line
+    append_record(log, {"key": "d"})
+    assert log.read_bytes() == b'{"key": "d"}\n'
