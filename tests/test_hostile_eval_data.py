@@ -149,3 +149,19 @@ def test_any_bytes_give_examples_or_a_dataset_error(tmp_path, lines, kind, skip)
         example.question.encode("utf-8")  # everything that reaches a prompt is text
         if kind == "mc":
             mc_input(example.question, list(example.choices))
+
+
+def test_guessing_the_format_never_fails_or_blocks(tmp_path):
+    import os
+
+    from fslm_edge.evaluation.data import guess_kind
+
+    cases = {"deep.jsonl": ("[" * 50_000 + "]" * 50_000 + "\n" + json.dumps(GOOD_MC)).encode(),
+             "bytes.jsonl": b"\xff\xfe\n" + json.dumps(GOOD_GEN).encode(), "junk.jsonl.gz": b"not gzip",
+             "empty.jsonl": b""}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+    assert guess_kind(tmp_path / "deep.jsonl") == "mc" and guess_kind(tmp_path / "bytes.jsonl") == "gen"
+    assert guess_kind(tmp_path / "junk.jsonl.gz") == guess_kind(tmp_path / "empty.jsonl") == "gen"
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    assert guess_kind(tmp_path / "fifo.jsonl") == "gen"  # refused unread: opening it would block

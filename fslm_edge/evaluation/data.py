@@ -95,6 +95,18 @@ def read_examples(path: Path, kind: str, skip_bad: bool = False, bad: list[BadRo
     return examples
 
 
+def guess_kind(path: Path) -> str:
+    """``"mc"`` or ``"gen"`` from the first usable row (``--data`` without
+    ``--format``). A file's problems are left for :func:`read_examples` to
+    report; a pipe or device is refused rather than read (it could block)."""
+    try:
+        for _, row in read_jsonl(Path(path), skip_bad=True):
+            return "mc" if "choices" in row or "facts" in row else "gen"
+    except DatasetError:
+        pass
+    return "gen"
+
+
 def find_task_file(data_dir: Path, stem: str, split: str) -> Path:
     """``<stem>_<split>.jsonl[.gz]`` in ``data_dir``, falling back test -> dev ->
     validation from the requested split."""
