@@ -105,6 +105,7 @@ def check_model_header(header: _Header, arch: str, tensors) -> None:
         if value is not None and value < 1:
             raise header.bad(f"{arch}.{key}", f"is {value}")
     _check_experts(header, arch)
+    _check_floats(header, arch)
     rope = header.str(f"{arch}.rope.scaling.type")
     if rope is not None and rope not in ROPE_SCALING_TYPES:
         known = ", ".join(ROPE_SCALING_TYPES)
@@ -130,6 +131,16 @@ def _check_chat_templates(header: _Header) -> None:
         if problem:
             raise ModelError(f"{header.path}: its chat template ({key}) {problem}; llama-cpp-python compiles it "
                              f"whenever the model loads, so fix or remove {key} in the GGUF")
+
+
+def _check_floats(header: _Header, arch: str) -> None:
+    """Float hyperparameters must be finite, epsilons >= 0 (ggml asserts ``eps >= 0`` mid-generation)."""
+    for key, fld in header.reader.fields.items():
+        if not key.startswith(f"{arch}.") or fld.vtype not in _FLOAT_TYPES:
+            continue
+        value = float(fld.value)
+        if not math.isfinite(value) or (key.endswith("epsilon") and value < 0):
+            raise header.bad(key, f"is {value:g}, not a usable value")
 
 
 def _check_experts(header: _Header, arch: str) -> None:

@@ -33,6 +33,7 @@ UINT32 = 4
 SUPPORTED_VERSIONS = (2, 3)  # llama.cpp reads no other
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NAME_BYTES = 63  # GGML_MAX_NAME - 1
+TENSOR_ALIGNMENT = 32  # ggml aborts on memory-mapped tensor data not aligned to this
 MAX_STRING_ITEMS = 1 << 24  # strings in one array; the largest vocabularies have ~262k tokens
 SUMMARY_STRING_CHARS = 64 * 1024  # what summary=True keeps of a long string (a 50 MB description stays fast)
 SUMMARY_ARRAY_ITEMS = 1 << 20  # longer arrays are walked but not kept with summary=True
@@ -240,6 +241,9 @@ class GGUFFile:
         n_bytes = int(np.prod(dims, dtype=object)) // block * size
         if offset % align:
             raise MalformedGGUF(f"tensor '{name}' starts at offset {offset}, not a multiple of the alignment {align}")
+        if (start + offset) % TENSOR_ALIGNMENT:
+            raise MalformedGGUF(f"tensor '{name}' starts at byte {start + offset} of the file, not a multiple of "
+                                f"{TENSOR_ALIGNMENT} (general.alignment is {align}); llama.cpp needs aligned data")
         if start + offset + n_bytes > len(self._map):
             raise MalformedGGUF(f"tensor '{name}' ({n_bytes} bytes at {start + offset}) ends past the end of the "
                                 f"file ({len(self._map)} bytes)")

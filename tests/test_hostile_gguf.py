@@ -182,6 +182,9 @@ def test_block_count_must_match_the_blocks_present(tiny_with, count):
     (dict(llama__expert_count=(UINT32, 5000), llama__expert_used_count=(UINT32, 2)), "llama.expert_count"),
     (dict(llama__expert_used_count=(UINT32, 2)), "llama.expert_count"),
     (dict(llama__nextn_predict_layers=(UINT32, 9)), "nextn_predict_layers"),
+    (dict(llama__attention__layer_norm_rms_epsilon=(FLOAT32, math.nan)), "layer_norm_rms_epsilon is nan"),
+    (dict(llama__attention__layer_norm_rms_epsilon=(FLOAT32, -1e-5)), "layer_norm_rms_epsilon is -1e-05"),
+    (dict(llama__rope__freq_base=(FLOAT32, math.inf)), "llama.rope.freq_base is inf"),
     (dict(tokenizer__ggml__model=(STRING, "none")), "no vocabulary"),
     (dict(tokenizer__ggml__tokens=(ARRAY, ["a", "b", "a"], STRING)), "the same token text twice"),
     (dict(tokenizer__ggml__tokens=(ARRAY, [1, 2], INT32)), "not an array of strings"),
@@ -195,6 +198,13 @@ def test_header_values_llama_cpp_aborts_on_are_refused(tiny_with, changes, words
     with pytest.raises(ModelError) as caught:
         resolve_model(str(path))
     assert words in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_tensor_data_llama_cpp_cannot_map_aligned_is_refused(tmp_path, tiny_parts):
+    kvs, tensors = tiny_parts
+    path = write(tmp_path / "a1.gguf", gguf_bytes(set_kv(kvs, "general.alignment", UINT32, 1), tensors, alignment=1))
+    with pytest.raises(ModelError, match="not a multiple of 32 .general.alignment is 1"):
+        resolve_model(str(path))
 
 
 def test_cli_reports_one_error_line_for_a_bad_block_count(tmp_path, tiny_with):
