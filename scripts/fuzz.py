@@ -531,14 +531,29 @@ def stack_cases(rng: random.Random, count: int, out: Path, special: dict):
     folder.mkdir(exist_ok=True)
     for index in range(count):
         doc = base_stack(rng)
+        before = _flat(doc)
         for _ in range(rng.choice([1, 1, 2, 3])):
             doc = mutate_stack(rng, doc, special)
+        after = _flat(doc)
+        changes = [f"{key} = {after.get(key, '(gone)')[:50]}" for key in after.keys() | before.keys()
+                   if after.get(key) != before.get(key)]
         text = render_stack(doc)
         if rng.random() < 0.25:
             text = mutate_text(rng, text)
+            changes.append("text mutated")
         path = folder / f"stack_{index:04d}.toml"
         path.write_bytes(text.encode("utf-8", errors="surrogateescape"))
-        yield path
+        yield path, "; ".join(sorted(changes))[:160]
+
+
+def _flat(value, prefix: str = "") -> dict[str, str]:
+    """Dotted paths -> repr, to name what a mutation changed."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()} or \
+            {prefix.rstrip("."): "{}"}
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): repr(value)}
 
 
 def main() -> int:
@@ -587,13 +602,13 @@ def main() -> int:
 
     print(f"corpus: {out}", flush=True)
     threads = ["--set", "stack.threads=1"]
-    for index, path in enumerate(stack_cases(rng, args.stacks, out, special)):
-        attempt("stack-info", path.name, ["info", str(path)], timeout=30)
+    for index, (path, what) in enumerate(stack_cases(rng, args.stacks, out, special)):
+        attempt("stack-info", f"{path.name} ({what})", ["info", str(path)], timeout=30)
         if index < args.runs:
             sets = ["--set", "*.max_tokens=1", *threads]
             for value in rng.sample(SET_VALUES, rng.randint(0, 3)):
                 sets += ["--set", value]
-            attempt("stack-run", path.name, ["run", str(path), "hi", *sets])
+            attempt("stack-run", f"{path.name} ({what})", ["run", str(path), "hi", *sets])
         if index and index % 200 == 0:
             print(f"  {index} stack files, {time.monotonic() - started:.0f} s", flush=True)
 
@@ -653,7 +668,13 @@ def report(tally: Tally, show: int, seconds: float, out: Path) -> int:
         kinds = Counter(r.outcome for r in results)
         bad += sum(kinds[k] for k in ("traceback", "crash", "hang"))
         print(f"\n{family}: {len(results)} not handled ({', '.join(f'{k} {v}' for k, v in kinds.items())})")
-        for result in sorted(results, key=lambda r: OUTCOMES.index(r.outcome), reverse=True)[:show]:
+        seen, listed = set(), 0
+        for result in sorted(results, key=lambda r: OUTCOMES.index(r.outcome), reverse=True):
+            kind = (result.outcome, re.sub(r"\d+", "N", result.detail or result.case.split(" ", 1)[-1])[:80])
+            if kind in seen or listed == show:
+                continue  # one case per distinct failure, so a common one does not hide the others
+            seen.add(kind)
+            listed += 1
             print(f"  [{result.outcome}] {result.case}: {result.detail}")
             command = shlex.join([CLI, *result.command])
             print(f"    (cd {shlex.quote(str(out))} && {command[:400]})")

@@ -33,7 +33,7 @@ class RawTensor:
 
 
 def _string(text: str | bytes) -> bytes:
-    raw = text.encode("utf-8") if isinstance(text, str) else text
+    raw = text.encode("utf-8", errors="surrogatepass") if isinstance(text, str) else text  # lone surrogates: bad UTF-8
     return struct.pack("<Q", len(raw)) + raw
 
 
