@@ -16,7 +16,7 @@
 5. seconds per question for ``stacks/qa.toml`` (prompt-only, 3 stages) on ARC-Easy;
 6. generate mode (``fslm-edge eval --mode generate``): questions/s of ``stacks/qa.toml``
    and of the base model run as ``fslm-edge run`` runs them (every stage generated,
-   temperature 0), on ``--n-generate`` ARC-Easy questions, 1 thread
+   temperature 0), on ``--n-generate`` ARC-Easy questions (the base on 1 thread, the stack on its own)
    (``--generate-only`` runs just this part).
 """
 
@@ -232,7 +232,8 @@ def bench_stack(rows, stack_file: Path):
 
 def bench_generate(rows, refs: list[str]) -> None:
     """Generate mode, one question at a time (the engine has no batched
-    generation), on 1 thread: questions/s, tokens generated and accuracy."""
+    generation): questions/s, tokens generated and accuracy. The base model
+    runs on 1 thread; a stack file on its own ``threads`` (printed)."""
     from fslm_edge.evaluation.data import parse_mc
     from fslm_edge.evaluation.harness import GenerateTarget
     from fslm_edge.evaluation.tasks import TASKS
@@ -240,6 +241,7 @@ def bench_generate(rows, refs: list[str]) -> None:
     examples = [parse_mc(row, number, "bench") for number, row in enumerate(rows, start=1)]
     for ref in refs:
         target = GenerateTarget(ref, 1)
+        threads = target.stack.config.n_threads  # a stack file keeps its own (0: one fewer than the cores)
         try:
             target.run_mc(TASKS["arc_easy"], examples[0])  # warm-up
             started = time.perf_counter()
@@ -251,7 +253,8 @@ def bench_generate(rows, refs: list[str]) -> None:
         right = sum(r["correct"] for r in records)
         print(f"generate mode, {ref}: {len(records)} ARC-Easy questions in {seconds:.1f} s = "
               f"{len(records) / seconds:.2f} questions/s, {tokens:.0f} tokens generated per question, "
-              f"{right}/{len(records)} right (1 thread, load average {os.getloadavg()[0]:.2f})", flush=True)
+              f"{right}/{len(records)} right ({threads} thread(s), load average {os.getloadavg()[0]:.2f})",
+              flush=True)
 
 
 def main() -> None:
