@@ -45,6 +45,7 @@ class GGUFInfo:
 MAX_LAYERS = 512  # LLAMA_MAX_LAYERS: llama.cpp aborts on a block_count outside 1..512
 MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS
 ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")  # llama.cpp aborts on any other
+MAX_TRAIN_CONTEXT = 1 << 24  # llama-cpp-python allocates context_length tokens (int32) per tokenize call
 _INT_TYPES = (0, 1, 2, 3, 4, 5, 10, 11)  # GGUF integer value types
 _FLOAT_TYPES = (6, 12)
 _BLOCK = re.compile(r"blk\.(\d+)\.")
@@ -104,6 +105,10 @@ def check_model_header(header: _Header, arch: str, tensors) -> None:
         value = header.int(f"{arch}.{key}")
         if value is not None and value < 1:
             raise header.bad(f"{arch}.{key}", f"is {value}")
+    trained = header.int(f"{arch}.context_length")
+    if trained is not None and trained > MAX_TRAIN_CONTEXT:
+        raise header.bad(f"{arch}.context_length", f"is {trained}, more than the {MAX_TRAIN_CONTEXT} tokens "
+                         "fslm-edge accepts")
     _check_experts(header, arch)
     _check_floats(header, arch)
     rope = header.str(f"{arch}.rope.scaling.type")
@@ -131,6 +136,16 @@ def _check_chat_templates(header: _Header) -> None:
         if problem:
             raise ModelError(f"{header.path}: its chat template ({key}) {problem}; llama-cpp-python compiles it "
                              f"whenever the model loads, so fix or remove {key} in the GGUF")
+
+
+def check_adapter_header(header: _Header) -> None:
+    """llama.cpp reads these adapter keys asserting their types (SIGABRT on any other)."""
+    adapter_type = header.str("adapter.type")
+    if adapter_type != "lora":
+        raise header.bad("adapter.type", f"is {adapter_type!r}, not 'lora'")
+    fld = header.reader.fields.get("adapter.lora.alpha")
+    if fld is not None and fld.vtype != 6:
+        raise header.bad("adapter.lora.alpha", "is not a float32")
 
 
 def _check_floats(header: _Header, arch: str) -> None:
@@ -188,7 +203,9 @@ def _read_cached(path: str, mtime_ns: int, size: int) -> GGUFInfo:
     n_params = sum(int(np.prod(t.shape, dtype=object)) for t in reader.tensors)
     arch = header.str("general.architecture") or "unknown"
     kind = header.str("general.type") or "model"
-    if kind != "adapter":
+    if kind == "adapter":
+        check_adapter_header(header)
+    else:
         check_model_header(header, arch, reader.tensors)
     file_type = header.int("general.file_type")
     try:

@@ -83,7 +83,9 @@ def classify(proc_rc: int | None, stderr: str) -> tuple[str, str]:
         return "hang", ""
     lines = [line for line in re.split(r"[\r\n]+", stderr) if line.strip()]
     if proc_rc < 0:
-        return "crash", f"signal {signal.Signals(-proc_rc).name}; " + (lines[-1][:200] if lines else "")
+        cause = [line for line in lines if re.search(r"GGML_ASSERT|GGML_ABORT|Assertion|terminate called", line)]
+        cause = cause or lines[-1:]
+        return "crash", f"signal {signal.Signals(-proc_rc).name}; " + (cause[0][-200:] if cause else "")
     if "Traceback (most recent call last)" in stderr:
         return "traceback", (lines[-1][:200] if lines else "")
     if proc_rc == 0:
@@ -373,7 +375,8 @@ def gguf_values(rng: random.Random):
             value -= 1 << bits
         return vtype, value, None
     if kind == 1:
-        return rng.choice([6, 12]), rng.choice(FLOATS), None
+        vtype, value = rng.choice([6, 12]), rng.choice(FLOATS)
+        return vtype, (3e38 if vtype == 6 and math.isfinite(value) and abs(value) > 3e38 else value), None
     if kind == 2:
         return 7, rng.random() < 0.5, None
     if kind == 3:
@@ -678,7 +681,11 @@ def report(tally: Tally, show: int, seconds: float, out: Path) -> int:
             print(f"  [{result.outcome}] {result.case}: {result.detail}")
             command = shlex.join([CLI, *result.command])
             print(f"    (cd {shlex.quote(str(out))} && {command[:400]})")
-    print(f"\n{len(tally.results)} runs in {seconds:.0f} s; corpus in {out}")
+    with open(out / "results.jsonl", "w") as handle:  # every case, for grep
+        for result in tally.results:
+            handle.write(json.dumps({"family": result.family, "case": result.case, "outcome": result.outcome,
+                                     "detail": result.detail, "command": [CLI, *result.command][:12]}) + "\n")
+    print(f"\n{len(tally.results)} runs in {seconds:.0f} s; corpus and results.jsonl in {out}")
     return 1 if bad else 0
 
 

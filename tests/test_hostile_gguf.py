@@ -44,7 +44,8 @@ def tiny_with(tmp_path, tiny_parts):
 
 
 def small_gguf(extra: list[KV] | None = None, tensors: list[RawTensor] | None = None, **kwargs) -> bytes:
-    kvs = [KV("general.architecture", STRING, "llama"), KV("general.type", STRING, "adapter")] + (extra or [])
+    kvs = [KV("general.architecture", STRING, "llama"), KV("general.type", STRING, "adapter"),
+           KV("adapter.type", STRING, "lora")] + (extra or [])
     data = np.arange(32, dtype=np.float32).tobytes()
     return gguf_bytes(kvs, [RawTensor("t.weight", (32,), 0, data)] if tensors is None else tensors, **kwargs)
 
@@ -178,6 +179,7 @@ def test_block_count_must_match_the_blocks_present(tiny_with, count):
     (dict(llama__embedding_length=(STRING, "64")), "llama.embedding_length is not an integer"),
     (dict(llama__embedding_length=(UINT32, 0)), "llama.embedding_length is 0"),
     (dict(llama__context_length=(UINT32, 0)), "llama.context_length is 0"),
+    (dict(llama__context_length=(UINT32, 4294967295)), "llama.context_length is 4294967295"),
     (dict(llama__rope__scaling__type=(STRING, "warp")), "llama.rope.scaling.type is 'warp'"),
     (dict(llama__expert_count=(UINT32, 5000), llama__expert_used_count=(UINT32, 2)), "llama.expert_count"),
     (dict(llama__expert_used_count=(UINT32, 2)), "llama.expert_count"),
@@ -292,6 +294,21 @@ def test_an_unusable_alpha_is_refused(tmp_path, adapters, base_info, alpha):
     path = rewritten_adapter(adapters["a"], tmp_path / "alpha.gguf", {"adapter.lora.alpha": (FLOAT32, alpha)})
     with pytest.raises(AdapterError, match="adapter.lora.alpha.*fslm-edge build"):
         check_adapter(path, base_info)
+
+
+@pytest.mark.parametrize("key, change, words", [
+    ("adapter.lora.alpha", (UINT32, 8), "adapter.lora.alpha is not a float32"),
+    ("adapter.type", (UINT32, 1), "adapter.type is not a string"),
+    ("adapter.type", (STRING, "ia3"), "adapter.type is 'ia3', not 'lora'"),
+    ("adapter.type", (None,), "adapter.type is None"),
+    ("general.architecture", (ARRAY, ["llama"], STRING), "general.architecture is not a string"),
+])
+def test_adapter_keys_llama_cpp_reads_unchecked_must_have_their_types(tmp_path, adapters, base_info, key, change,
+                                                                        words):
+    path = rewritten_adapter(adapters["a"], tmp_path / "typed.gguf", {key: change})
+    with pytest.raises(AdapterError) as caught:
+        check_adapter(path, base_info)
+    assert words in str(caught.value) and str(path) in str(caught.value)
 
 
 def _poisoned(tensor: RawTensor, kind: str) -> RawTensor:
