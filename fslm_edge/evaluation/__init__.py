@@ -2,7 +2,8 @@
 generative tasks (``fslm-edge eval``; see docs/eval.md).
 
 Modules: ``tasks`` (named tasks, prompt formats), ``data`` (JSONL rows, discovery),
-``scoring`` (KV-reuse log-likelihood scorer), ``extract`` (answer extraction),
+``extract`` (answer extraction), ``matcher`` (which option a printed answer
+names, for ``--mode generate``),
 ``harness`` (targets, per-example loop and cache), ``report`` (statistics,
 table, JSON, chart), ``cli`` (the command).
 """
