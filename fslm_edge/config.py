@@ -98,6 +98,9 @@ STAGE_KEYS: tuple[Key, ...] = (
         lambda v: bool(v) and all(isinstance(c, str) and c for c in v)),
     Key("choices_from_input", (bool,), False, _BOOL,
         "structured output: when the question lists lettered options, the text is exactly one option's text"),
+    Key("choices_by", (str,), "grammar", '"grammar" or "likelihood"',
+        "how a choice is made: sampled under a grammar, or the choice the model finds most likely per byte",
+        values=("grammar", "likelihood")),
     Key("grammar", (str,), None, "a path to a GBNF file",
         "structured output: llama.cpp GBNF, relative to the stack file"),
     Key("json_schema", (str, dict), None, "a path to a JSON file or an inline table",
@@ -151,6 +154,7 @@ class StageConfig:
     choices: tuple[str, ...] | None = None
     choices_from_input: bool = False
     when: str = "always"  # "options" / "no_options": run only when the question lists options / does not
+    choices_by: str = "grammar"  # "likelihood": score each choice whole and print the most likely
     grammar: str | None = None  # GBNF text, read from grammar_file
     grammar_file: Path | None = None
     json_schema: dict | None = None
@@ -468,6 +472,7 @@ def _build_stage(table: Any, index: int, earlier: list[str], all_names: set, sta
         choices=tuple(values["choices"]) if values["choices"] is not None else None,
         choices_from_input=values["choices_from_input"],
         when=values["when"],
+        choices_by=values["choices_by"],
         grammar=_read_grammar(grammar_file, ctx, what, index) if grammar_file else None,
         grammar_file=grammar_file,
         json_schema=_read_schema(values["json_schema"], ctx, what, index),

@@ -35,7 +35,7 @@ class StageStats:
     time_to_first_token_s: float
     tokens_per_s: float
     seconds: float
-    stop_reason: str  # "eos", "stop", "length" or "cancelled"
+    stop_reason: str  # "eos", "stop", "length", "cancelled", or "choice" (picked by likelihood, not sampled)
 
 
 @dataclass(frozen=True)

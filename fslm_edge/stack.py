@@ -25,6 +25,7 @@ from .engine import Generation, LoadedModel, ModelPool, stream_text
 from .engine.constraints import check_grammar, choices_grammar, schema_grammar, validate_json
 from .engine.scoring import ChoiceScorer, split_continuation
 from .errors import ContextOverflowError, InputError
+from .formats import continuation
 from .events import (
     ContextWarning,
     Event,
@@ -52,6 +53,7 @@ class Constraint:
 
     grammar: str
     schema: dict | None = None
+    choices: tuple[str, ...] = ()  # for a choice list: the choices (``choices_by = "likelihood"`` scores them)
 
 
 @dataclass
@@ -132,7 +134,18 @@ def make_constraint(model: LoadedModel, choices: Sequence[str] | None = None, gr
     else:
         text = schema_grammar(json_schema, schema_where)
     check_grammar(text, model.vocab_handle, where)
-    return Constraint(text, json_schema)
+    return Constraint(text, json_schema, tuple(dict.fromkeys(choices)) if choices is not None else ())
+
+
+def pick_by_likelihood(model: LoadedModel, prompt: Prompt, tokens: list[int], choices: Sequence[str]) -> str:
+    """The choice whose text the model finds most likely after the prompt, per
+    byte (as evaluation's acc_norm scores choices): each choice is scored
+    whole, where greedy decoding under a grammar decides by its first tokens."""
+    continuations = [continuation(prompt.text, choice) for choice in choices]
+    scored = [split_continuation(model, prompt, text)[1] for text in continuations]
+    scores = ChoiceScorer(model).score(tokens, scored)
+    per_byte = [s.logprob / max(len(text.encode("utf-8")), 1) for s, text in zip(scores, continuations)]
+    return choices[max(range(len(choices)), key=per_byte.__getitem__)]
 
 
 def _bind(config: StackConfig, pool: ModelPool) -> list[_Binding]:
@@ -406,7 +419,11 @@ class Stack:
         yield StageStart(stage.name, index, prompt.text, sample)
         pieces: list[str] = []
         stats: StageStats | None = None
-        for piece in stream_text(model, tokens, request, call.cancel):
+        if constraint is not None and constraint.choices and stage.choices_by == "likelihood":
+            pieces = [pick_by_likelihood(model, prompt, tokens, constraint.choices)]
+            stats = StageStats(len(tokens), len(model.tokenize_plain(pieces[0])), 0.0, 0.0, 0.0, "choice")
+            yield TextDelta(stage.name, pieces[0])
+        for piece in () if stats is not None else stream_text(model, tokens, request, call.cancel):
             if isinstance(piece, StageStats):
                 stats = piece
                 continue

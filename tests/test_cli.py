@@ -29,12 +29,13 @@ def test_run_json_prints_one_event_per_line():
     result = invoke("run", str(ROOT / "stacks/qa.toml"), "Why do birds fly?", "--json", *SHORT)
     events = [json.loads(line) for line in result.output.splitlines()]
     types = [e["type"] for e in events]
-    assert types[0] == "stage_start" and types[-1] == "result" and types.count("stage_end") == 3
+    assert types[0] == "stage_start" and types[-1] == "result" and types.count("stage_end") == 2  # recall, reply
     assert events[-1]["answer"] == [e for e in events if e["type"] == "stage_end"][-1]["text"]
 
 
 def test_run_reads_stdin_and_rich_view_shows_stages_and_prompts():
-    result = invoke("run", str(ROOT / "stacks/qa.toml"), "-", "--show-prompts", *SHORT, input="Is ice cold?\n")
+    question = "Is ice cold?\nA. yes\nB. no\n"  # lettered options: the multiple-choice stages run
+    result = invoke("run", str(ROOT / "stacks/qa.toml"), "-", "--show-prompts", *SHORT, input=question)
     assert result.exit_code == 0
     for text in ("recall", "reason", "answer", "prompt", "Is ice cold?"):
         assert text in result.output
@@ -69,7 +70,7 @@ def test_info_reports_models_and_memory():
     assert len(report["models"]) == 1
     model = report["models"][0]
     assert model["architecture"] == "llama" and model["quantization"] == "Q4_1"
-    assert model["stages"] == ["recall", "reason", "answer"] and report["memory_estimate_bytes"] > model["file_bytes"]
+    assert model["stages"] == ["recall", "reason", "answer", "reply"] and report["memory_estimate_bytes"] > model["file_bytes"]
     assert "memory estimate" in invoke("info", str(ROOT / "stacks/qa.toml")).output
 
 
