@@ -103,7 +103,7 @@ def bench_f16_copy(rows, threads: int, reference):
     activation quantization of the Q4_1 kernels and run faster on AVX2."""
     import tempfile
 
-    from convert.gguf_model import merge_to_gguf
+    from fslm_edge.convert.gguf_model import merge_to_gguf
     from fslm_edge.models import resolve_model
 
     with tempfile.TemporaryDirectory() as folder:
@@ -118,7 +118,7 @@ def bench_batched_copies(rows, threads: int, f16_reference) -> dict[str, float]:
     """``BatchScorer`` (16 questions per decode) on the Q4_1 file and on a BF16 copy."""
     import tempfile
 
-    from convert.gguf_model import quantize_gguf
+    from fslm_edge.convert.gguf_model import quantize_gguf
     from fslm_edge.models import resolve_model
 
     speeds = {}

@@ -53,7 +53,7 @@ def timed(label: str, fn, *args, **kwargs):
 
 def held_out(stage, base, data_dir: Path, n_tokens: int, n_prompts: int):
     """Token sequences (prompt + target) and prompts from StrategyQA dev."""
-    from convert.data import GGUFTokenizer, encode_row, iter_rows
+    from fslm_edge.convert.data import GGUFTokenizer, encode_row, iter_rows
 
     source = stage.train.data[0]
     sequences, prompts, total = [], [], 0
@@ -82,11 +82,11 @@ def main() -> None:
 
     from peft import PeftModel
 
-    from convert.build import BuildOptions, build_stack
-    from convert.compare import agreement, greedy, llama_cpp_logits, torch_logits
-    from convert.export import export_lora, load_lora
-    from convert.gguf_model import merge_to_gguf, quantize_gguf
-    from convert.gguf_torch import load_torch_base
+    from fslm_edge.convert.build import BuildOptions, build_stack
+    from fslm_edge.convert.compare import agreement, greedy, llama_cpp_logits, torch_logits
+    from fslm_edge.convert.export import export_lora, load_lora
+    from fslm_edge.convert.gguf_model import merge_to_gguf, quantize_gguf
+    from fslm_edge.convert.gguf_torch import load_torch_base
     from fslm_edge.config import load_stack_config
     from fslm_edge.models import resolve_model
 

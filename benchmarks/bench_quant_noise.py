@@ -54,7 +54,7 @@ def rounding_linear(linear, mins, torch):
 
 def q4_1_mins(reader, arch, n_head, n_kv) -> dict:
     """HF name -> per-block mins [rows, blocks] of every Q4_1 matrix."""
-    from convert.arch import from_gguf_layout, gguf_to_hf_name
+    from fslm_edge.convert.arch import from_gguf_layout, gguf_to_hf_name
 
     out = {}
     for t in reader.tensors:
@@ -67,8 +67,8 @@ def q4_1_mins(reader, arch, n_head, n_kv) -> dict:
 
 def write_partial_copy(reader, arch: str, dst: Path, keep: list[str]) -> None:
     """The base with tensors named by a prefix in ``keep`` stored as they are, every other one as F32."""
-    from convert.gguf_model import copy_kv
-    from convert.gguf_out import GGUFOut
+    from fslm_edge.convert.gguf_model import copy_kv
+    from fslm_edge.convert.gguf_out import GGUFOut
 
     with GGUFOut(dst, arch) as out:
         copy_kv(reader, out)
@@ -84,8 +84,8 @@ def emulating_model(base: Path, arch: str, mins: dict, keep: list[str]):
     """The torch base with llama.cpp's activation rounding on the matrices a copy keeps quantized."""
     import torch
 
-    from convert.arch import hf_to_gguf_name
-    from convert.gguf_torch import load_torch_base
+    from fslm_edge.convert.arch import hf_to_gguf_name
+    from fslm_edge.convert.gguf_torch import load_torch_base
 
     model = load_torch_base(base)
     for name, module in list(model.named_modules()):
@@ -101,7 +101,7 @@ def emulating_model(base: Path, arch: str, mins: dict, keep: list[str]):
 
 
 def held_out_text(base: Path, data_dir: Path, n_tokens: int) -> list[list[int]]:
-    from convert.data import GGUFTokenizer
+    from fslm_edge.convert.data import GGUFTokenizer
     from fslm_edge.fileio import read_jsonl
 
     sequences, total = [], 0
@@ -124,8 +124,8 @@ def main() -> None:
     parser.add_argument("--each-matrix", action="store_true", help="also each of block 0's matrices alone")
     args = parser.parse_args()
 
-    from convert.compare import agreement, llama_cpp_logits, torch_logits
-    from convert.gguf_torch import load_torch_base, open_gguf, read_kv
+    from fslm_edge.convert.compare import agreement, llama_cpp_logits, torch_logits
+    from fslm_edge.convert.gguf_torch import load_torch_base, open_gguf, read_kv
     from fslm_edge.models import resolve_model
 
     base = resolve_model(args.model)

@@ -73,7 +73,7 @@ def _raw_tokens_per_s(llm, tokens: int) -> float:
 
 
 def adapter_swap(n: int = 200) -> dict:
-    from convert.gguf_out import write_random_lora
+    from fslm_edge.convert.gguf_out import write_random_lora
     from fslm_edge.engine import ModelPool
     from fslm_edge.models import resolve_model
 
@@ -95,7 +95,7 @@ def adapter_swap(n: int = 200) -> dict:
 RSS_SCRIPT = """
 import json, resource, sys, tempfile, pathlib
 sys.path.insert(0, {root!r})
-from convert.gguf_out import write_random_lora
+from fslm_edge.convert.gguf_out import write_random_lora
 from fslm_edge import Stack
 tmp = pathlib.Path(tempfile.mkdtemp())
 n = int(sys.argv[1])

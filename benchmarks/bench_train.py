@@ -46,7 +46,7 @@ batch_tokens = 2048
 
 
 def load(data_dir: Path, examples: int):
-    from convert.data import GGUFTokenizer, load_stage_data
+    from fslm_edge.convert.data import GGUFTokenizer, load_stage_data
     from fslm_edge.config import load_stack_config
     from fslm_edge.models import resolve_model
 
@@ -59,8 +59,8 @@ def load(data_dir: Path, examples: int):
 
 
 def packed(stage, base, data, pad_id, steps: int, threads: int):
-    from convert.gguf_torch import load_torch_base
-    from convert.train import Trainer
+    from fslm_edge.convert.gguf_torch import load_torch_base
+    from fslm_edge.convert.train import Trainer
 
     out = Path(tempfile.mkdtemp())
     marks = []
@@ -75,8 +75,8 @@ def padded(stage, base, data, pad_id, steps: int, batch: int, threads: int):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from convert.gguf_torch import load_torch_base
-    from convert.packing import collate_padded, padded_batches
+    from fslm_edge.convert.gguf_torch import load_torch_base
+    from fslm_edge.convert.packing import collate_padded, padded_batches
 
     torch.set_num_threads(threads)
     recipe = stage.train
@@ -111,7 +111,7 @@ def main() -> None:
     print(f"examples: {len(data.train)}, tokens/example mean {sum(lengths) / len(lengths):.0f}, "
           f"max {max(lengths)}, target share {sum(e.n_target for e in data.train) / sum(lengths):.0%}")
     # one epoch over the same examples each; both use about the same memory (<= 2048 tokens a step)
-    from convert.packing import epoch_batches
+    from fslm_edge.convert.packing import epoch_batches
 
     steps = len(epoch_batches(data.train, 512, 4, stage.train.seed, 0))
     tokens, seconds, loss, rows = packed(stage, base, data, pad_id, steps, args.threads)

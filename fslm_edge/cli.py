@@ -19,10 +19,10 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool killed 
 # `fslm-edge run` never imports the evaluation or build side.
 LAZY_COMMANDS = {
     "eval": ("fslm_edge.evaluation.cli", "eval_command"),
-    "build": ("convert.cli", "build"),
-    "export-lora": ("convert.cli", "export_lora_cmd"),
-    "merge": ("convert.cli", "merge"),
-    "quantize": ("convert.cli", "quantize"),
+    "build": ("fslm_edge.convert.cli", "build"),
+    "export-lora": ("fslm_edge.convert.cli", "export_lora_cmd"),
+    "merge": ("fslm_edge.convert.cli", "merge"),
+    "quantize": ("fslm_edge.convert.cli", "quantize"),
 }
 
 

@@ -44,7 +44,7 @@ def tiny_hf_model(arch: str, seed: int = 0):
 
 
 def tiny_gguf(folder: Path, arch: str, seed: int = 0, ftype: str = "f32") -> Path:
-    from convert.gguf_model import write_hf_model
+    from fslm_edge.convert.gguf_model import write_hf_model
 
     path = folder / f"tiny-{arch}-{seed}.gguf"
     if not path.exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from convert.gguf_out import write_random_lora as random_lora
+from fslm_edge.convert.gguf_out import write_random_lora as random_lora
 from fslm_edge.models import resolve_model
 
 SMOLLM2_DIMS = {"n_layers": 30, "n_embd": 576, "n_kv": 192}

@@ -24,19 +24,19 @@ DATA = '{ file = "qa.jsonl", target = "answer", fields = { input = "question" } 
 
 
 def _options(tmp_path, **kw):
-    from convert.build import BuildOptions
+    from fslm_edge.convert.build import BuildOptions
 
     return BuildOptions(data_dir=tmp_path, out_dir=tmp_path / "out", progress=False, **kw)
 
 
 def _build(stack, options):
-    from convert.build import build_stack
+    from fslm_edge.convert.build import build_stack
 
     return list(build_stack(stack, options))
 
 
 def _stage_data(stack_path, data_dir, model):
-    from convert.data import GGUFTokenizer, load_stage_data
+    from fslm_edge.convert.data import GGUFTokenizer, load_stage_data
     from fslm_edge.config import load_stack_config
 
     stage = load_stack_config(stack_path).stages[0]
@@ -103,7 +103,7 @@ def test_mixture_weights_fields_lists_and_few_shot(tiny, tmp_path):
     stage_data, end_id = _stage_data(stack, tmp_path, tiny)
     assert len(stage_data.train) == 40 and len(stage_data.val) == 4  # 10% of each file held out
     assert all(e.ids[-1] == end_id and e.n_target >= 2 for e in stage_data.train)
-    from convert.data import GGUFTokenizer
+    from fslm_edge.convert.data import GGUFTokenizer
 
     with GGUFTokenizer(tiny) as tok:
         facts = tok.text_ids("fact 3\nsecond") + [end_id]
@@ -166,9 +166,9 @@ def test_plain_prompt_target_is_tokenized_as_evaluation_scores_it(tiny, tmp_path
 def test_packing_has_no_cross_talk_and_matches_unpacked_loss(tiny, tmp_path):
     import torch
 
-    from convert.gguf_torch import load_torch_base
-    from convert.packing import collate, collate_padded
-    from convert.train import target_loss
+    from fslm_edge.convert.gguf_torch import load_torch_base
+    from fslm_edge.convert.packing import collate, collate_padded
+    from fslm_edge.convert.train import target_loss
 
     write_jsonl(tmp_path / "qa.jsonl", QA_ROWS[:6])
     stage_data, end_id = _stage_data(write_stack(tmp_path, tiny, DATA, extra="val_fraction = 0.0\n"), tmp_path, tiny)
@@ -197,7 +197,7 @@ def test_interrupted_run_resumes_exactly(tiny, tmp_path):
         if step == 4:  # after the checkpoint at step 4 (save_every = 2)
             raise KeyboardInterrupt
 
-    from convert.build import BuildOptions
+    from fslm_edge.convert.build import BuildOptions
 
     out = tmp_path / "again"
     opts = BuildOptions(data_dir=tmp_path, out_dir=out, progress=False, max_steps=5, on_step=interrupt)
@@ -253,7 +253,7 @@ def test_failed_write_leaves_no_file(tiny, tmp_path, monkeypatch):
     """A disk-full style failure during the GGUF write leaves neither the file nor its temp."""
     import numpy as np
 
-    from convert.gguf_model import merge_to_gguf
+    from fslm_edge.convert.gguf_model import merge_to_gguf
 
     def boom(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -298,7 +298,7 @@ def test_cli_build_prints_stack_lines_and_errors_are_one_line(tiny, tmp_path):
 def test_training_device_choice():
     import torch
 
-    from convert.train import training_device
+    from fslm_edge.convert.train import training_device
 
     assert training_device("cpu") == torch.device("cpu")
     assert training_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

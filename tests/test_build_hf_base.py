@@ -34,10 +34,10 @@ def _save(folder: Path, seed: int = 0, **changes) -> Path:
 def test_hf_folder_base_trains_exports_and_merges(tiny, tmp_path):
     from peft import PeftModel
 
-    from convert.build import BuildOptions, build_stack
-    from convert.compare import agreement, llama_cpp_logits, torch_logits
-    from convert.data import GGUFTokenizer
-    from convert.hf_base import load_hf_base
+    from fslm_edge.convert.build import BuildOptions, build_stack
+    from fslm_edge.convert.compare import agreement, llama_cpp_logits, torch_logits
+    from fslm_edge.convert.data import GGUFTokenizer
+    from fslm_edge.convert.hf_base import load_hf_base
 
     hf = _save(tmp_path / "hf")
     write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
@@ -58,7 +58,7 @@ def test_hf_folder_base_trains_exports_and_merges(tiny, tmp_path):
 
 
 def test_hf_folder_errors(tiny, tmp_path):
-    from convert.build import BuildOptions, build_stack
+    from fslm_edge.convert.build import BuildOptions, build_stack
 
     write_jsonl(tmp_path / "qa.jsonl", QA_ROWS[:10])
     options = BuildOptions(data_dir=tmp_path, out_dir=tmp_path / "out", max_steps=1, progress=False)

@@ -33,7 +33,7 @@ def _cache(tmp_path_factory, monkeypatch):
 
 
 def _held_out(tokenizer_gguf: Path) -> list[list[int]]:
-    from convert.data import GGUFTokenizer
+    from fslm_edge.convert.data import GGUFTokenizer
 
     with GGUFTokenizer(tokenizer_gguf) as tok:
         texts = ["Question: What is 12 plus 30?", "The quick brown fox jumps over the lazy dog. " * 3,
@@ -44,8 +44,8 @@ def _held_out(tokenizer_gguf: Path) -> list[list[int]]:
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_tiny_model_gguf_matches_transformers(tiny_dir, arch):
     """Our HF->GGUF writer and GGUF->HF reader agree with llama.cpp's graph."""
-    from convert.compare import agreement, llama_cpp_logits, torch_logits
-    from convert.gguf_torch import gguf_to_hf
+    from fslm_edge.convert.compare import agreement, llama_cpp_logits, torch_logits
+    from fslm_edge.convert.gguf_torch import gguf_to_hf
 
     model, path = tiny_hf_model(arch), tiny_gguf(tiny_dir, arch)
     seqs = _held_out(path)
@@ -61,9 +61,9 @@ def test_tiny_model_gguf_matches_transformers(tiny_dir, arch):
 def test_build_train_export_merge_quantize_agree(tiny_dir, tmp_path, arch):
     from peft import PeftModel
 
-    from convert.build import BuildOptions, build_stack
-    from convert.compare import agreement, llama_cpp_logits, torch_logits
-    from convert.gguf_torch import load_torch_base
+    from fslm_edge.convert.build import BuildOptions, build_stack
+    from fslm_edge.convert.compare import agreement, llama_cpp_logits, torch_logits
+    from fslm_edge.convert.gguf_torch import load_torch_base
 
     base = tiny_gguf(tiny_dir, arch)
     write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
@@ -93,7 +93,7 @@ def test_build_train_export_merge_quantize_agree(tiny_dir, tmp_path, arch):
 def test_adapter_for_another_base_is_refused(tiny_dir, tmp_path):
     from fslm_edge import AdapterError, Stack
 
-    from convert.build import BuildOptions, build_stack
+    from fslm_edge.convert.build import BuildOptions, build_stack
 
     llama = tiny_gguf(tiny_dir, "llama")
     write_jsonl(tmp_path / "qa.jsonl", QA_ROWS[:10])

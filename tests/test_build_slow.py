@@ -19,10 +19,10 @@ DATA = '{ file = "qa.jsonl", target = "answer", fields = { input = "question" } 
 def test_real_smollm2_adapter_and_merge_agree_with_torch(tmp_path, monkeypatch):
     from peft import PeftModel
 
-    from convert.build import BuildOptions, build_stack
-    from convert.compare import agreement, llama_cpp_logits, torch_logits
-    from convert.data import GGUFTokenizer
-    from convert.gguf_torch import load_torch_base
+    from fslm_edge.convert.build import BuildOptions, build_stack
+    from fslm_edge.convert.compare import agreement, llama_cpp_logits, torch_logits
+    from fslm_edge.convert.data import GGUFTokenizer
+    from fslm_edge.convert.gguf_torch import load_torch_base
     from fslm_edge import Stack
     from fslm_edge.models import resolve_model
 

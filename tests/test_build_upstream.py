@@ -55,8 +55,8 @@ val_examples = 2
 
 
 def test_model_fields_are_the_earlier_stages_real_outputs(tiny, tmp_path):
-    from convert.build import BuildOptions, build_stack
-    from convert.data import GGUFTokenizer
+    from fslm_edge.convert.build import BuildOptions, build_stack
+    from fslm_edge.convert.data import GGUFTokenizer
     from fslm_edge.config import load_stack_config
     from fslm_edge.stack import Stack
 
@@ -69,8 +69,8 @@ def test_model_fields_are_the_earlier_stages_real_outputs(tiny, tmp_path):
     assert 1 <= len(lines) <= 14  # one per distinct training/validation row, not more
 
     # The text the answer stage was trained to read is what the runtime gives it, recall adapter active.
-    from convert.data import load_stage_data
-    from convert.upstream import UpstreamOutputs
+    from fslm_edge.convert.data import load_stage_data
+    from fslm_edge.convert.upstream import UpstreamOutputs
 
     config = load_stack_config(stack_path)
     answer = config.stage("answer")
@@ -86,7 +86,7 @@ def test_model_fields_are_the_earlier_stages_real_outputs(tiny, tmp_path):
 
 
 def test_model_field_must_name_an_earlier_stage(tiny, tmp_path):
-    from convert.build import BuildOptions, build_stack
+    from fslm_edge.convert.build import BuildOptions, build_stack
 
     write_jsonl(tmp_path / "qa.jsonl", QA_ROWS[:10])
     stack_path = _two_stage_stack(tmp_path, tiny)
@@ -110,8 +110,8 @@ def test_yes_no_rows_are_multiple_choice_for_training_too():
 
 
 def test_union_adapter_has_every_stages_data_and_their_steps(tiny, tmp_path):
-    from convert.build import BuildOptions
-    from convert.union import build_union
+    from fslm_edge.convert.build import BuildOptions
+    from fslm_edge.convert.union import build_union
     from fslm_edge.stack import Stack
 
     write_jsonl(tmp_path / "qa.jsonl", QA_ROWS[:20])

@@ -35,7 +35,7 @@ class RunsCode:
 
 
 def _build(stack, data_dir, out, resume=False, max_steps=2):
-    from convert.build import BuildOptions, build_stack
+    from fslm_edge.convert.build import BuildOptions, build_stack
 
     return list(build_stack(stack, BuildOptions(data_dir=data_dir, out_dir=out, progress=False, max_steps=max_steps,
                                                 resume=resume)))

@@ -1,4 +1,4 @@
-from convert.data import field_text
+from fslm_edge.convert.data import field_text
 from fslm_edge.evaluation.data import Example
 from fslm_edge.evaluation.tasks import get_task
 from fslm_edge.formats import continuation, derived_field, mc_input

@@ -90,7 +90,7 @@ def test_letters_never_run_out_in_formats():
 
 
 def test_training_data_with_too_many_choices_is_a_dataset_error():
-    from convert.data import field_text
+    from fslm_edge.convert.data import field_text
 
     row = {"question": "Q?", "choices": [f"c{i}" for i in range(27)], "answer": 0}
     with pytest.raises(DatasetError, match=r"f\.jsonl:3: 27 choices"):

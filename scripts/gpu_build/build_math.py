@@ -27,10 +27,10 @@ import torch
 torch.backends.cuda.matmul.allow_tf32 = True
 from tokenizers import Tokenizer
 
-import convert.build as cbuild
-import convert.data as cdata
-from convert.gguf_torch import load_torch_base, open_gguf, read_kv
-from convert.upstream import UpstreamOutputs
+import fslm_edge.convert.build as cbuild
+import fslm_edge.convert.data as cdata
+from fslm_edge.convert.gguf_torch import load_torch_base, open_gguf, read_kv
+from fslm_edge.convert.upstream import UpstreamOutputs
 from fslm_edge.config import load_stack_config
 from fslm_edge.fileio import read_jsonl
 from fslm_edge.prompts import ChatTemplate, stage_prompt

@@ -24,10 +24,10 @@ spec = importlib.util.spec_from_file_location("build_math", Path(__file__).with_
 rm = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(rm)
 import torch
-import convert.build as cbuild
-import convert.data as cdata
-import convert.upstream as cup
-from convert.gguf_torch import load_torch_base
+import fslm_edge.convert.build as cbuild
+import fslm_edge.convert.data as cdata
+import fslm_edge.convert.upstream as cup
+from fslm_edge.convert.gguf_torch import load_torch_base
 from fslm_edge.config import load_stack_config
 from fslm_edge.prompts import stage_prompt
 

@@ -17,9 +17,9 @@ from pathlib import Path
 spec = importlib.util.spec_from_file_location("build_math", Path(__file__).with_name("build_math.py"))
 rm = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(rm)
-import convert.data as cdata
-import convert.union as cunion
-from convert.build import BuildOptions
+import fslm_edge.convert.data as cdata
+import fslm_edge.convert.union as cunion
+from fslm_edge.convert.build import BuildOptions
 
 
 def main():
