@@ -10,6 +10,7 @@ import click
 
 from .config import parse_override_items
 from .errors import FslmError, InputError
+from .fileio import SPACE_ERRNOS
 
 EXIT_INTERRUPTED = 2  # the contract: bad input and interrupts exit 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
@@ -71,6 +72,10 @@ class _Cli(click.Group):
         except (OSError, MemoryError) as exc:
             if debug:
                 raise
+            if isinstance(exc, OSError) and exc.errno in SPACE_ERRNOS:
+                where = f" writing {exc.filename}" if exc.filename else ""
+                click.echo(f"error: no space left on device{where}; free some space and run again", err=True)
+                ctx.exit(1)
             click.echo(f"error: {type(exc).__name__}: {_printable(str(exc))} (run with --debug for the traceback)",
                        err=True)
             ctx.exit(1)
