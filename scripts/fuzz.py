@@ -567,7 +567,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=60, help="of those, run with --set values (fslm-edge run)")
     parser.add_argument("--ggufs", type=int, default=250, help="GGUF mutations")
     parser.add_argument("--evals", type=int, default=50, help="eval data files (fslm-edge eval)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds before a run counts as a hang")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds before a run or eval counts as a hang (info: at most 15; it takes < 2 s)")
     parser.add_argument("--show", type=int, default=5, help="failing cases listed per family")
     parser.add_argument("--exec", action="store_true",
                         help="start the installed fslm-edge for every case (slower) instead of forking this process")
@@ -606,7 +607,7 @@ def main() -> int:
     print(f"corpus: {out}", flush=True)
     threads = ["--set", "stack.threads=1"]
     for index, (path, what) in enumerate(stack_cases(rng, args.stacks, out, special)):
-        attempt("stack-info", f"{path.name} ({what})", ["info", str(path)], timeout=30)
+        attempt("stack-info", f"{path.name} ({what})", ["info", str(path)], timeout=min(15.0, args.timeout))
         if index < args.runs:
             sets = ["--set", "*.max_tokens=1", *threads]
             for value in rng.sample(SET_VALUES, rng.randint(0, 3)):
@@ -630,7 +631,7 @@ def main() -> int:
         stack.write_text(f'[stack]\nname = "g"\n{reference}\ncontext_size = 128\nthreads = 1\n\n'
                          f'[[stage]]\nname = "a"\ntemplate = "{{input}}"\nmax_tokens = 1\n{adapter}')
         case = f"{model.name} ({what})"
-        if attempt("gguf-info", case, ["info", str(stack)], timeout=30) == "ok":
+        if attempt("gguf-info", case, ["info", str(stack)], timeout=min(15.0, args.timeout)) == "ok":
             attempt("gguf-run", case, ["run", str(stack), "hi", "--set", "*.max_tokens=1", *threads])
         if tally.results[-1].outcome in ("ok", "handled"):
             model.unlink()  # keep only the failing files (each up to 7 MB)
