@@ -24,6 +24,7 @@ else:  # Python 3.10: the same parser, as a package
     import tomli as tomllib
 
 from .errors import InputError, StackFileError
+from .fileio import read_small_text
 from .keys import REQUIRED, Key, between, by_name, check_table, short_repr, suggest
 from .recipe import TrainRecipe, parse_recipe
 from .templates import TemplateSyntaxError, template_fields
@@ -210,6 +211,10 @@ def _toml(text: str):
         return tomllib.loads(text)
     except RecursionError:
         raise tomllib.TOMLDecodeError(f"arrays or tables nested more than {MAX_NESTING} deep") from None
+    except ValueError as exc:  # an integer of thousands of digits (Python refuses to convert it)
+        if isinstance(exc, tomllib.TOMLDecodeError):
+            raise
+        raise tomllib.TOMLDecodeError(f"a value cannot be read ({exc})") from None
 
 
 def parse_override_items(items, what: str = "--set") -> dict[str, object]:
@@ -225,7 +230,7 @@ def parse_override_items(items, what: str = "--set") -> dict[str, object]:
         try:
             value = _toml(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError as exc:
-            if "nested" in str(exc):
+            if "nested" in str(exc) or "cannot be read" in str(exc):
                 raise InputError(f"{what} {short_repr(item)}: {exc}") from None
             value = raw
         overrides[key.strip()] = value
@@ -276,14 +281,14 @@ def load_stack_config(path: str | os.PathLike, overrides: Mapping[str, Any] | No
     if "\x00" in os.fspath(path):
         raise StackFileError(short_repr(os.fspath(path)), "the path contains a NUL character")
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise StackFileError(path, "no such stack file; check the path (stacks live in stacks/*.toml)")
     try:
-        if path.stat().st_size > MAX_STACK_FILE_BYTES:
-            raise StackFileError(path, f"larger than {MAX_STACK_FILE_BYTES >> 20} MB; a stack file is a few KB")
-        source = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StackFileError(path, f"cannot read the file as UTF-8 text ({exc})") from None
+        source = read_small_text(path, MAX_STACK_FILE_BYTES)
+    except ValueError as exc:
+        raise StackFileError(path, f"cannot be a stack file: {exc}") from None
+    except OSError as exc:
+        raise StackFileError(path, f"cannot read the file ({exc.strerror or exc})") from None
     return parse_stack_text(source, path, overrides)
 
 
@@ -453,6 +458,8 @@ def _build_stage(table: Any, index: int, earlier: list[str], all_names: set, sta
     if len(constraints) > 1:
         raise ctx.error(f"{what}: give one of choices, choices_from_input, grammar and json_schema, not "
                         f"{' and '.join(constraints)}", constraints[1], index)
+    if values["grammar"] and "\x00" in values["grammar"]:
+        raise ctx.error(f"{what}: grammar path contains a NUL character", "grammar", index)
     grammar_file = ctx.path.parent / values["grammar"] if values["grammar"] else None
     adapter = values["adapter"]
     return StageConfig(
@@ -494,27 +501,28 @@ def _check_samples(values: dict, what: str, index: int, ctx: _Context, select_gi
         raise ctx.error(f"{what}: 'select' picks among samples; set samples > 1 (e.g. samples = 5)", "select", index)
 
 
-def _read_grammar(path: Path, ctx: _Context, what: str, index: int) -> str:
+def _read_side_file(path: Path, key: str, ctx: _Context, what: str, index: int) -> str:
+    """A grammar or schema file named by a stage key, read whole (bounded)."""
     try:
-        if path.stat().st_size > MAX_SCHEMA_FILE_BYTES:
-            raise ctx.error(f"{what}: grammar file {path} is larger than 1 MB", "grammar", index)
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ctx.error(f"{what}: cannot read grammar file {path} ({getattr(exc, 'strerror', None) or exc}); "
-                        "the path is relative to the stack file", "grammar", index) from None
+        return read_small_text(path, MAX_SCHEMA_FILE_BYTES)
+    except ValueError as exc:
+        raise ctx.error(f"{what}: {key} file {path} cannot be used: {exc}", key, index) from None
+    except OSError as exc:
+        raise ctx.error(f"{what}: cannot read {key} file {path} ({exc.strerror or exc}); "
+                        "the path is relative to the stack file", key, index) from None
+
+
+def _read_grammar(path: Path, ctx: _Context, what: str, index: int) -> str:
+    return _read_side_file(path, "grammar", ctx, what, index)
 
 
 def _read_schema(value: str | dict | None, ctx: _Context, what: str, index: int) -> dict | None:
     if value is None or isinstance(value, dict):
         return value
+    if "\x00" in value:
+        raise ctx.error(f"{what}: json_schema path contains a NUL character", "json_schema", index)
     path = ctx.path.parent / value
-    try:
-        if path.stat().st_size > MAX_SCHEMA_FILE_BYTES:
-            raise ctx.error(f"{what}: json_schema file {path} is larger than 1 MB", "json_schema", index)
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ctx.error(f"{what}: cannot read json_schema file {path} ({getattr(exc, 'strerror', None) or exc}); "
-                        "the path is relative to the stack file", "json_schema", index) from None
+    text = _read_side_file(path, "json_schema", ctx, what, index)
     try:
         schema = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -558,3 +558,26 @@ def append_record(path: str | os.PathLike, record: dict) -> None:
 def append_records(path: str | os.PathLike, records: Iterable[dict]) -> None:
     for record in records:
         append_record(path, record)
+
+
+def read_small_text(path: str | os.PathLike, limit: int) -> str:
+    """A small UTF-8 text file (a stack file, grammar or schema) read whole.
+    ValueError saying why not: not a regular file (opened non-blocking, so a
+    FIFO cannot hang the reader; a device never ends), larger than ``limit``
+    bytes, or not UTF-8. OSError for what the system refuses."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ValueError("it is a folder, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("it is not a regular file (a pipe, socket or device)")
+        if info.st_size > limit:
+            raise ValueError(f"it is larger than {limit} bytes")
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"it is not UTF-8 text (byte {exc.start})") from None

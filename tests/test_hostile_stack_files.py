@@ -51,8 +51,19 @@ def test_out_of_range_stack_values_are_refused(key, value):
 def test_nul_bytes_and_non_files(tmp_path):
     with pytest.raises(StackFileError, match="NUL"):
         load_stack_config("stacks/qa\x00.toml")
-    with pytest.raises(StackFileError, match="no such stack file"):
+    with pytest.raises(StackFileError, match="a folder"):
         load_stack_config(tmp_path)
+    import os
+
+    os.mkfifo(tmp_path / "pipe.toml")
+    with pytest.raises(StackFileError, match="not a regular file"):
+        load_stack_config(tmp_path / "pipe.toml")  # opened non-blocking: refused, not waited on
+    good = tmp_path / "s.toml"
+    good.write_text(GOOD + 'json_schema = "pipe.toml"\n')
+    with pytest.raises(StackFileError, match="json_schema file .* not a regular file"):
+        load_stack_config(good)
+    with pytest.raises(InputError, match="cannot be read"):
+        parse_override_items(("a.max_tokens=" + "9" * 5000,))
     with pytest.raises(InputError, match="NUL"):
         parse_override_items(("a.system=x\x00y",))
 

@@ -21,6 +21,7 @@ import numpy as np
 from ..config import Sampling
 from ..errors import AdapterError, ModelError, RuntimeFailure
 from ..ggufinfo import GGUFInfo, check_adapter, read_gguf_info
+from ..models import resolve_model
 from ..prompts import ChatTemplate, Prompt
 from .native import backend_info, native_lock, open_llama
 
@@ -41,6 +42,9 @@ class LoadedModel:
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.gpu_layers = gpu_layers
+        # Every load checks the header first (regular file, sizes, values llama.cpp would abort on),
+        # also when the path did not come through resolve_model.
+        resolve_model(str(self.path))
         try:
             self._llm = open_llama(
                 str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
