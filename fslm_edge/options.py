@@ -8,7 +8,9 @@
 
 ``split_options`` finds the option lines (consecutive ``A.``/``A)`` lines,
 letters in order from A, at least two) and gives the question without them,
-the options' texts, and the lines after them. Stage templates see these as
+the options' texts, and the lines after them. A question without lettered
+options that asks for a yes or no ("... Answer yes or no.") has the options
+"yes" and "no", and its question is the text without that request. Stage templates see these as
 ``{question}`` and ``{options}``; ``choices_from_input = true`` constrains a
 stage's text to one option's text.
 """
@@ -19,6 +21,9 @@ import re
 from dataclasses import dataclass
 
 _OPTION = re.compile(r"^\s*\(?([A-Z])[.):]\s+(\S.*?)\s*$")
+# "Answer yes or no.", "Reply with yes or no", "Please respond: yes or no" at the end of the text
+_YES_NO = re.compile(r"\s*(?:please\s+)?(?:answer|reply|respond)(?:\s+(?:with|only))?\s*:?\s*"
+                     r"[\"']?yes[\"']?\s+or\s+[\"']?no[\"']?\s*[.!]*\s*$", re.I)
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,9 @@ def split_options(text: str) -> OptionsSplit:
             return OptionsSplit("\n".join(lines[:start]).strip() or text.strip(), tuple(run),
                                 "\n".join(line.strip() for line in lines[start:end]),
                                 "\n".join(lines[end:]).strip())
+    yes_no = _YES_NO.search(text)
+    if yes_no and yes_no.start() > 0:
+        return OptionsSplit(text[: yes_no.start()].strip(), ("yes", "no"), "", yes_no.group(0).strip())
     return OptionsSplit(text.strip(), (), "", "")
 
 

@@ -164,3 +164,14 @@ def test_when_runs_a_stage_only_for_questions_with_or_without_options(make_stack
         assert [s.name for s in open_.stages] == ["notes", "reply"] and open_.answer == open_.stages[-1].text
         assert "pick: ''" in open_.stages[-1].prompt  # a stage that did not run is empty text to later ones
         assert stack.score_context("Which is a fruit?").stage.name == "pick"  # scoring is multiple choice
+
+
+def test_a_question_that_asks_for_yes_or_no_has_those_two_options():
+    from fslm_edge.options import split_options
+
+    assert split_options("Is the sun a star?\nAnswer yes or no.").options == ("yes", "no")
+    assert split_options("Is it? Reply with yes or no").question == "Is it?"
+    for text in ("Why do people say yes or no?", "Say yes or no", "Answer yes or no."):
+        assert split_options(text).options == ()  # a question about the words, or no question at all
+    lettered = split_options("Which is a fruit?\nA. apple\n(B) brick\nAnswer with the letter.")
+    assert lettered.options == ("apple", "brick") and lettered.after == "Answer with the letter."
