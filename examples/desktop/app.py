@@ -34,7 +34,7 @@ class StagePane:
 
     def __init__(self, parent: tk.Widget, name: str, body_font):
         self.frame = ttk.LabelFrame(parent, text=name, padding=4)
-        self.text = tk.Text(self.frame, height=4, wrap="word", font=body_font, relief="flat",
+        self.text = tk.Text(self.frame, height=3, wrap="word", font=body_font, relief="flat",
                             background="#fafafa", state="disabled")
         self.text.pack(fill="both", expand=True)
         self.stats = ttk.Label(self.frame, text="", foreground="#666")
@@ -70,7 +70,7 @@ class App:
     # -- window -------------------------------------------------------------------
     def _build_window(self) -> None:
         root = self.root
-        root.geometry("820x640")
+        root.geometry("820x740")
         base = tkfont.nametofont("TkDefaultFont")
         self.body_font = tkfont.Font(family=base.actual("family"), size=11)
         answer_font = tkfont.Font(family=base.actual("family"), size=14, weight="bold")
@@ -85,15 +85,16 @@ class App:
         self.stop_button.pack(side="left", padx=(6, 0))
         self.asked = ttk.Label(root, text="", padding=(8, 0), font=self.body_font, foreground="#333")
         self.asked.pack(fill="x")
-        self.stages = ttk.Frame(root, padding=(8, 4))
-        self.stages.pack(fill="both", expand=True)
+        # The status line and the answer are packed first, at the bottom: the stage panes get what is left.
+        self.status = ttk.Label(root, text="", padding=(8, 2), foreground="#555")
+        self.status.pack(side="bottom", fill="x")
         answer_box = tk.LabelFrame(root, text="Answer", padx=8, pady=6, background="#fff7d6")
-        answer_box.pack(fill="x", padx=8, pady=(0, 4))
+        answer_box.pack(side="bottom", fill="x", padx=8, pady=(0, 4))
         self.answer = tk.Label(answer_box, text="", font=answer_font, background="#fff7d6", anchor="w",
                                justify="left", wraplength=760)
         self.answer.pack(fill="x")
-        self.status = ttk.Label(root, text="", padding=(8, 2), foreground="#555")
-        self.status.pack(fill="x")
+        self.stages = ttk.Frame(root, padding=(8, 4))
+        self.stages.pack(fill="both", expand=True)
         root.bind("<Return>", lambda _event: self.ask())
         root.bind("<Escape>", lambda _event: self.stop())
         root.bind("<Control-q>", lambda _event: self.quit())
@@ -125,6 +126,7 @@ class App:
         self.answer.configure(text="", foreground="black")
         for pane in self.panes.values():
             pane.clear()
+        self.ran: set[str] = set()
         print(f"Q: {question}", flush=True)
         self._set_state("thinking", "running ...")
         self.worker = threading.Thread(target=self._run, args=(question,), daemon=True)
@@ -189,6 +191,7 @@ class App:
     def _show(self, event) -> None:
         if isinstance(event, StageStart):
             pane = self.panes[event.stage]
+            self.ran.add(event.stage)
             if event.sample > 1:
                 pane.append(f"\n--- sample {event.sample} ---\n")
             print(f"[{event.stage}]", flush=True)
@@ -201,6 +204,9 @@ class App:
                 text=f"{stats.generated_tokens} tokens, {stats.tokens_per_s:.0f} tok/s, {stats.seconds:.1f} s "
                      f"({stats.stop_reason})")
         elif isinstance(event, StackResult):
+            for name, pane in self.panes.items():
+                if name not in self.ran and not event.cancelled:  # its `when` left it out of this question
+                    pane.stats.configure(text="not run for this question")
             if event.cancelled:
                 self.answer.configure(text="(stopped)", foreground="#666")
                 print("A: (stopped)", flush=True)

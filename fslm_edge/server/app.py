@@ -211,7 +211,7 @@ class _Server:
 
     async def _chunks(self, run: Run, wanted: GenerationRequest, first, deadline: float) -> AsyncIterator[bytes]:
         writer = ChunkWriter(wanted)
-        final = _FinalText(run.workers.final_stage)
+        final = _FinalText(run.workers.final_stage(wanted.question))
         warnings: list[StackWarning] = []
         item = first
         try:
