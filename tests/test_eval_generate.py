@@ -119,3 +119,26 @@ def test_out_is_checked_before_any_question_runs(tmp_path):
                                            str(data), "--out", str(out), "--cache-dir", str(cache)])
         assert result.exit_code == 2 and message in result.output
         assert result.output.count("error:") == 1 and not cache.exists()  # nothing ran
+
+
+def test_a_changed_matcher_rematches_cached_texts_without_generating(tmp_path):
+    from fslm_edge.evaluation.harness import ExampleCache, TaskRun, evaluate, example_key
+    from fslm_edge.evaluation.matcher import MATCHER_VERSION
+
+    class NoGeneration:
+        batch = 1
+
+        def run_mc(self, *args):
+            raise AssertionError("a cached text was generated again")
+
+    task = TASKS["commonsenseqa"]
+    example = Example("c1", "He said it was just what?", 4, ("case", "reason", "how", "because", "answer"))
+    cache = ExampleCache(tmp_path, "fingerprint", task, False, "generate")
+    stale = {"id": "c1", "choices": list(example.choices), "gold": 4, "output": "answer", "pred": None,
+             "named": [], "match": "empty answer", "correct": False}  # decided by an older matcher
+    cache.put(example_key(example), stale)
+    run = TaskRun(task, tmp_path / "x.jsonl", "dev", (example,))
+    [record] = evaluate(NoGeneration(), run, False, cache)
+    assert record["correct"] and record["pred"] == 4 and record["matcher"] == MATCHER_VERSION
+    reread = ExampleCache(tmp_path, "fingerprint", task, False, "generate")
+    assert reread.get(example_key(example))["correct"]  # the new decision is cached

@@ -23,7 +23,7 @@ def test_answers_that_name_the_gold_option(answer):
 @pytest.mark.parametrize("answer, reason", [
     ("", "empty answer"),
     ("   ", "empty answer"),
-    ("Answer:", "empty answer"),
+    ("Answer:", "names no option"),
     ("A or B", "several letters"),
     ("B or C.", "several letters"),
     ("A, B", "several letters"),
@@ -72,7 +72,15 @@ def test_yes_no_first_word_decides():
     assert match_answer("", yes_no).reason == "no yes/no word"
 
 
+def test_an_option_that_looks_like_a_prefix():
+    words = ["case", "reason", "how", "because", "answer"]
+    assert match_answer("answer", words).pred == 4
+    assert match_answer("The answer is answer.", words).pred == 4
+    assert match_answer("Answer: reason", words).pred == 1
+
+
 def test_strip_answer_prefixes():
     assert strip_answer('  "The answer is: B"  ') == "B"
     assert strip_answer("**Answer:** The answer is C.") == "C."
     assert strip_answer("Answers vary") == "Answers vary"
+    assert strip_answer("The answer is") == "The answer is"  # nothing follows: kept

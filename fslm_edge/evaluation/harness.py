@@ -30,6 +30,9 @@ from ..engine.scoring import BatchScorer, ChoiceScorer, Request, split_continuat
 from .tasks import Task
 
 CACHE_VERSION = 1
+# Generate mode's cache format. Not the matcher's version: a cached printed text is matched again
+# when the matcher changes (``decide``), never generated again for that.
+GENERATE_CACHE_VERSION = 1
 GEN_MAX_TOKENS = 256
 GEN_STOPS = ("Question:", "\n\n\n")
 
@@ -218,6 +221,19 @@ class StackTarget:
         self.stack.close()
 
 
+def decide(output: str, choices, gold: int) -> dict:
+    """The matcher's decision on a printed answer, as record fields."""
+    decision = match_answer(output, choices)
+    return {**decision.to_dict(), "correct": decision.pred == gold, "matcher": MATCHER_VERSION}
+
+
+def _rematched(record: dict) -> dict:
+    """A cached generate-mode record decided by this matcher (the text stays)."""
+    if "match" not in record or record.get("matcher") == MATCHER_VERSION:
+        return record
+    return {**record, **decide(record["output"], record["choices"], record["gold"])}
+
+
 class GenerateTarget:
     """Generate mode: a stack file or a model reference (a one-stage chat
     stack, ``template = "{input}"``) run exactly as ``fslm-edge run`` runs it,
@@ -253,10 +269,9 @@ class GenerateTarget:
         text = task.generate_input(example)
         result = self.stack.run(text)
         stages = StackTarget._stages(result.stages)
-        decision = match_answer(result.answer, example.choices)
         record = {"id": example.id, "question": example.question, "choices": list(example.choices),
-                  "gold": example.answer, "input": text, "output": result.answer, **decision.to_dict(),
-                  "correct": decision.pred == example.answer}
+                  "gold": example.answer, "input": text, "output": result.answer,
+                  **decide(result.answer, example.choices, example.answer)}
         if result.votes:
             record["votes"] = list(result.votes)
             record["chosen_sample"] = result.chosen_sample
@@ -311,7 +326,7 @@ class ExampleCache:
         key = [CACHE_VERSION, target_fingerprint, task.name, task.kind, lettered, format_signature(task, lettered)]
         if mode != "likelihood":
             samples = [Example("sig", "Q _ q", 0, choices, "C") for choices in (("a", "b"), ("yes", "no"))]
-            key += [mode, MATCHER_VERSION, *(task.generate_input(sample) for sample in samples)]
+            key += [mode, GENERATE_CACHE_VERSION, *(task.generate_input(sample) for sample in samples)]
         settings = json.dumps(key)
         self.path = Path(folder) / f"{hashlib.sha1(settings.encode()).hexdigest()[:20]}.jsonl"
         self.records: dict[str, dict] = {e["key"]: e["record"] for e in read_records(self.path)}
@@ -337,6 +352,10 @@ def evaluate(target, run: TaskRun, lettered: bool = False, cache: ExampleCache |
         chunk = run.examples[start: start + size]
         keys = [example_key(example) for example in chunk]
         found = {key: cache.get(key) for key in keys} if cache is not None else {}
+        for key, record in found.items():
+            if record is not None and _rematched(record) is not record:
+                found[key] = _rematched(record)
+                cache.put(key, found[key])
         todo = [example for example, key in zip(chunk, keys) if found.get(key) is None]
         computed = iter(_compute(target, run, todo, lettered) if todo else [])
         for key in keys:

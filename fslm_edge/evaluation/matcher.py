@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from .extract import normalize_text
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-# Bump when a rule changes: cached generate-mode decisions are then made again.
-MATCHER_VERSION = 1
+# Bump when a rule changes: cached generate-mode texts are then matched again (not generated again).
+MATCHER_VERSION = 2
 
 _EDGE = " \t\r\n*_`\"'“”‘’"
 _PREFIX = re.compile(r"^(?:(?:the\s+)?(?:correct\s+|right\s+|best\s+|final\s+)?answer(?:\s+is)?|"
@@ -81,11 +81,13 @@ def match_yes_no(answer: str, choices: list[str]) -> Match:
 
 def strip_answer(answer: str) -> str:
     """The answer without surrounding spaces and quote/markdown marks, and
-    without a leading "Answer:" / "The answer is" (repeatedly)."""
+    without a leading "Answer:" / "The answer is" (repeatedly) that something
+    follows: an answer that is only such words stays (an option may be
+    "answer")."""
     text = answer.strip(_EDGE)
     while True:
         cut = _PREFIX.sub("", text, count=1).strip(_EDGE)
-        if cut == text:
+        if cut == text or not cut.strip(".,;:!?-"):
             return text
         text = cut
 
