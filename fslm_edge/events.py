@@ -18,6 +18,7 @@ class StageStart:
     index: int
     prompt: str
     sample: int = 0
+    final: bool = False  # this stage's text is the answer (the last stage that runs for this question)
     type: str = "stage_start"
 
 

@@ -416,7 +416,7 @@ class Stack:
         request, constraint = self._stage_request(index, binding, call)
         prompt, tokens = yield from self._fit_prompt(stage, model, values, request.sampling.max_tokens)
         self._last_prompt = prompt
-        yield StageStart(stage.name, index, prompt.text, sample)
+        yield StageStart(stage.name, index, prompt.text, sample, final=index == len(call.bindings) - 1)
         pieces: list[str] = []
         stats: StageStats | None = None
         if constraint is not None and constraint.choices and stage.choices_by == "likelihood":

@@ -379,7 +379,7 @@ def test_progress_fields_of_every_event_kind():
     from fslm_edge.server.responses import progress_extra
 
     assert progress_extra(StageStart("recall", 0, "the whole prompt", 0)) == {
-        "event": "stage_start", "stage": "recall", "index": 0, "sample": 0}
+        "event": "stage_start", "stage": "recall", "index": 0, "sample": 0, "final": False}
     assert progress_extra(StageWarning("answer", "empty")) == {"event": "warning", "stage": "answer",
                                                                "message": "empty"}
 

@@ -211,7 +211,7 @@ class _Server:
 
     async def _chunks(self, run: Run, wanted: GenerationRequest, first, deadline: float) -> AsyncIterator[bytes]:
         writer = ChunkWriter(wanted)
-        final = _FinalText(run.workers.final_stage(wanted.question))
+        final = _FinalText()
         warnings: list[StackWarning] = []
         item = first
         try:
@@ -249,15 +249,14 @@ class _FinalText:
     """Which events are the final stage's answer text (streamed as content):
     its deltas when it runs once, trimmed the way the final answer is."""
 
-    def __init__(self, final_stage: str):
-        self.final_stage = final_stage
+    def __init__(self):
         self.live = False
         self.streamed = False
         self._pending = ""  # whitespace held back: it is content only if more text follows
 
     def content(self, event) -> str | None:
         if isinstance(event, StageStart):
-            self.live = event.stage == self.final_stage and event.sample == 0
+            self.live = event.final and event.sample == 0
             return None
         if not (self.live and isinstance(event, TextDelta)):
             return None

@@ -20,7 +20,6 @@ from typing import Any
 
 from ..errors import FslmError, RuntimeFailure
 from ..events import StackResult
-from ..options import split_options
 from ..stack import Stack
 
 
@@ -109,16 +108,6 @@ class ModelWorkers:
     @classmethod
     def create(cls, model_id: str, stacks: list[Stack], max_waiting: int) -> ModelWorkers:
         return cls(model_id, stacks, SlotQueue(stacks, max_waiting))
-
-    def final_stage(self, question: str) -> str:
-        """The stage whose text answers ``question``: the last one whose ``when``
-        lets it run (a question that lists lettered options may take other
-        stages than an open one). Only decides what streams live as content:
-        if it is wrong, the answer is sent whole at the end."""
-        has_options = bool(split_options(question.strip()).options)
-        runs = [stage.name for stage in self.stacks[0].config.stages
-                if getattr(stage, "when", "always") == "always" or (stage.when == "options") == has_options]
-        return runs[-1] if runs else self.stacks[0].config.stages[-1].name
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: about one queue's worth of runs."""
