@@ -9,23 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from .data import find_task_file, read_examples, select
-
-
-def _infer_kind(path: Path) -> str:
-    import gzip
-    import json
-
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    row = json.loads(line)
-                    return "mc" if isinstance(row, dict) and ("choices" in row or "facts" in row) else "gen"
-    except (OSError, ValueError):
-        pass
-    return "gen"
+from .data import find_task_file, guess_kind, read_examples, select
 
 
 def build_runs(tasks, data_dir, data_file, fmt, split, limit, seed, skip_bad):
@@ -38,7 +22,7 @@ def build_runs(tasks, data_dir, data_file, fmt, split, limit, seed, skip_bad):
         path = Path(data_file)
         if len(tasks) > 1:
             raise InputError("--data takes at most one --task (whose prompt format it uses)")
-        task = get_task(tasks[0]) if tasks else custom_task(path.name.split(".")[0], fmt or _infer_kind(path))
+        task = get_task(tasks[0]) if tasks else custom_task(path.name.split(".")[0], fmt or guess_kind(path))
         specs.append((task, path, "file"))
     else:
         if not tasks:
