@@ -46,7 +46,9 @@ def choices_grammar(choices: Sequence[str]) -> str:
     for choice in choices:
         if not isinstance(choice, str) or not choice:
             raise ConstraintError(f"choices: {choice!r} is not a non-empty string")
-    return "root ::= " + " | ".join(_literal(c) for c in dict.fromkeys(choices)) + "\n"
+    # An optional leading space: after a prompt ending "Answer:" the model's natural next token is
+    # " oxygen"; without it the grammar would force an unnatural first token (the text is stripped).
+    return 'root ::= " "? (' + " | ".join(_literal(c) for c in dict.fromkeys(choices)) + ")\n"
 
 
 def schema_grammar(schema: dict, where: str = "json_schema") -> str:

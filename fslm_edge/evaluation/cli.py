@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..config import default_threads
 from ..errors import InputError
 from .data import find_task_file, guess_kind, read_examples, select
 
@@ -172,8 +173,6 @@ def eval_command(targets, modes, tasks, data_dir, data_file, fmt, split, limit, 
                  threads, max_new_tokens, batch, cache_dir, no_cache):
     """Score TARGETs (stack .toml files or models: builtin:smollm2-135m-instruct, a GGUF path)
     on tasks; prints a side-by-side table, writes OUT (every prediction and stage text) and OUT.png."""
-    import os
-
     from rich.console import Console
 
     from .harness import default_cache_dir
@@ -182,7 +181,7 @@ def eval_command(targets, modes, tasks, data_dir, data_file, fmt, split, limit, 
     out_path, chart = check_out(out)
     modes = list(dict.fromkeys(modes))
     runs = build_runs(tasks, data_dir, data_file, fmt, split, limit, seed, skip_bad)
-    threads = threads if threads > 0 else max(1, min(8, os.cpu_count() or 1))
+    threads = threads if threads > 0 else default_threads()
     folder = None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir()
     started = time.time()
     results = run_all(list(targets), runs, lettered, threads, folder, max_new_tokens, batch, modes)

@@ -55,7 +55,10 @@ def _token_requests(model: LoadedModel, requests: list[tuple[str, str]]) -> list
         end = start + 1
         while end < len(requests) and requests[end][0] == requests[start][0]:
             end += 1
-        pairs = [split_continuation(model, context, cont) for context, cont in requests[start:end]]
+        # A task's plain-text context holds a dataset row's text: no special tokens in it (a stack's
+        # context is already a Prompt whose template parts may have them).
+        pairs = [split_continuation(model, context if isinstance(context, Prompt) else Prompt.untrusted(context), cont)
+                 for context, cont in requests[start:end]]
         grouped.append((pairs[0][0], [cont for _, cont in pairs]))
         start = end
     return grouped
