@@ -1,7 +1,7 @@
 """Paired sign test between two columns of an `fslm-edge eval` results JSON.
 
     python scripts/paired_sign_test.py results.json stacks/qa.toml builtin:smollm2-135m-instruct \\
-        [--mode generate] [--mode-b likelihood] [--markdown]
+        [--mode generate] [--mode-b likelihood] [--markdown] [--also other-results.json ...]
 
 A column is right on an example by its headline metric (likelihood mode:
 acc_norm where the task reports acc_norm; generate mode: the matcher). For
@@ -76,6 +76,8 @@ def rows(payload: dict, target_a: str, mode_a: str, target_b: str, mode_b: str) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
+    parser.add_argument("--also", type=Path, action="append", default=[],
+                        help="another results JSON whose columns are added (targets evaluated in separate runs)")
     parser.add_argument("target_a")
     parser.add_argument("target_b")
     parser.add_argument("--mode", default="generate", help="mode of target A (and of B unless --mode-b)")
@@ -85,6 +87,8 @@ def main() -> None:
     from fslm_edge.fileio import parse_json_text
 
     payload = parse_json_text(args.results.read_bytes())
+    for extra in args.also:
+        payload["results"] = payload["results"] + parse_json_text(extra.read_bytes())["results"]
     mode_b = args.mode_b or args.mode
     table = rows(payload, args.target_a, args.mode, args.target_b, mode_b)
     a_name, b_name = f"{args.target_a} ({args.mode})", f"{args.target_b} ({mode_b})"
