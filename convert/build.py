@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from fslm_edge.config import StackConfig, StageConfig, load_stack_config
 from fslm_edge.errors import InputError
-from fslm_edge.fileio import sha256_file
+from fslm_edge.fileio import probe_writable, sha256_file
 from fslm_edge.models import resolve_model
 
 from .gguf_model import QUANT_TYPES, merge_to_gguf, quantize_gguf
@@ -53,9 +52,7 @@ def ensure_writable(folder: Path) -> Path:
     """Create ``folder`` and prove a file can be written there (InputError if not)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.")
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(folder)
     except OSError as exc:
         raise InputError(f"cannot write to the output folder {folder} ({exc.strerror}); "
                          "choose another with --out") from None

@@ -581,3 +581,14 @@ def read_small_text(path: str | os.PathLike, limit: int) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"it is not UTF-8 text (byte {exc.start})") from None
+
+
+def probe_writable(folder: str | os.PathLike) -> None:
+    """Create and delete a file in ``folder``: OSError if it cannot be written
+    (a permission check alone is not enough: root ignores modes, a disk may be
+    read-only or full)."""
+    import tempfile
+
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".fslm-edge-probe.")
+    os.close(fd)
+    os.unlink(probe)

@@ -127,18 +127,13 @@ def check_out(out: str) -> tuple[Path, Path]:
     """The results JSON and chart paths, refused before any question runs if
     either cannot be written (a folder, a file in the way, a folder that
     refuses a file: probed by creating and removing a temporary one)."""
-    import os
-    import tempfile
-
-    from ..fileio import output_file
+    from ..fileio import output_file, probe_writable
 
     out_path = output_file(out)
     chart = output_file(out_path.with_suffix(".png"), "--out's chart")
     folder = next(p for p in out_path.parents if p.exists())  # output_file checked it is a folder
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".fslm-edge-probe.")
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(folder)
     except OSError as exc:
         raise InputError(f"--out {out_path}: cannot write into {folder} ({exc.strerror or exc}); "
                          "give another path") from None
