@@ -91,3 +91,19 @@ def test_children_close_before_their_model_and_use_after_close_is_clear(smollm2_
     with pytest.raises(ClosedModelError, match="closed"):
         model.tokenize("hello")
     model.close()  # idempotent
+
+
+def test_a_prompt_longer_than_the_context_is_an_error_not_a_native_failure(smollm2_path):
+    from fslm_edge.config import Sampling
+    from fslm_edge.engine import Generation, collect_text, stream_text
+    from fslm_edge.errors import ContextOverflowError
+
+    model = LoadedModel(smollm2_path, 64, 1)
+    try:
+        tokens = model.tokenize_plain("word " * 200)
+        with pytest.raises(ContextOverflowError, match="more than the context size 64"):
+            collect_text(stream_text(model, tokens, Generation(Sampling(max_tokens=4)), None))
+        text, stats = collect_text(stream_text(model, tokens[:50], Generation(Sampling(max_tokens=40)), None))
+        assert stats.generated_tokens <= 14  # stops where the context ends instead of failing to decode
+    finally:
+        model.close()

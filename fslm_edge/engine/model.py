@@ -19,7 +19,7 @@ import llama_cpp
 import numpy as np
 
 from ..config import Sampling
-from ..errors import AdapterError, ModelError, RuntimeFailure
+from ..errors import AdapterError, ContextOverflowError, ModelError, RuntimeFailure
 from ..ggufinfo import GGUFInfo, check_adapter, read_gguf_info
 from ..models import resolve_model
 from ..prompts import ChatTemplate, Prompt
@@ -293,6 +293,10 @@ class LoadedModel:
         tokens must follow (llama.cpp's grammar sampler). The generation loop
         (``generate.stream_text``) is the only caller."""
         llm = self.llm
+        if len(prompt_tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt needs {len(prompt_tokens)} tokens, more than the context size {self.n_ctx}; "
+                "shorten the input or raise context_size", prompt_tokens=len(prompt_tokens), context_size=self.n_ctx)
         if sampling.seed is not None:
             llm.set_seed(sampling.seed)
             if sampling.temperature > 0:
@@ -314,8 +318,10 @@ class LoadedModel:
                     return
                 yield token
                 produced += 1
-                if produced >= sampling.max_tokens:
+                if produced >= sampling.max_tokens or len(prompt_tokens) + produced >= self.n_ctx:
                     return
+        except RuntimeError as exc:  # llama_decode failed (llama-cpp-python raises RuntimeError)
+            raise RuntimeFailure(f"llama.cpp could not decode on {self.path.name} ({exc})") from None
         finally:
             stream.close()
 
