@@ -24,7 +24,7 @@ that is where llama.cpp loads them) and ``eval`` (``fslm-edge eval`` of the
 packaged model on fuzzed JSONL files).
 
     python scripts/fuzz.py --seed 1                  # default counts, a few minutes
-    python scripts/fuzz.py --stacks 50 --ggufs 20 --evals 5 --out /tmp/fuzz
+    python scripts/fuzz.py --stacks 50 --ggufs 20 --evals 5 --out fuzz-corpus
 
 The corpus stays in the output folder, so each failing case listed at the end
 is reproduced by the command printed with it.
