@@ -406,8 +406,11 @@ class Stack:
             sampling = _final_sampling(sampling, call.final_sampling)
             constraint = call.final_constraint or constraint
         if constraint is None and stage.choices_from_input and call.options:
-            constraint = make_constraint(binding.model, call.options, where=f"stage '{stage.name}' options")
-        grammar = constraint.grammar if constraint is not None else None
+            if stage.choices_by == "likelihood":  # the options are scored, not sampled: no grammar to build
+                constraint = Constraint("", None, tuple(dict.fromkeys(call.options)))
+            else:
+                constraint = make_constraint(binding.model, call.options, where=f"stage '{stage.name}' options")
+        grammar = (constraint.grammar or None) if constraint is not None else None
         return Generation(sampling, grammar, stage.calculator and grammar is None), constraint
 
     def _run_stage(self, index: int, binding: _Binding, values: dict[str, str], call: _Call, sample: int = 0):
