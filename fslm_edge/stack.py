@@ -85,6 +85,7 @@ class _Call:
     final_constraint: Constraint | None = None
     options: tuple[str, ...] = ()  # the lettered options the question lists (choices_from_input)
     bindings: list[_Binding] = field(default_factory=list)  # the stages that run for this question
+    last_prompt: Prompt | None = None  # the prompt of the stage that ran last (scored by select = "likelihood")
 
 
 def _runs(binding: _Binding, has_options: bool) -> bool:
@@ -374,7 +375,7 @@ class Stack:
                 output = yield from self._run_stage(index, binding, chain, call, sample)
                 outputs.append(output)
                 chain[binding.config.name] = output.text
-                prompt = self._last_prompt
+                prompt = call.last_prompt
                 if call.cancel.is_set():
                     return (), (), 0
             if index == first and sampled.config.select != "majority":
@@ -418,7 +419,7 @@ class Stack:
         model.use_adapter(stage.adapter, stage.adapter_scale)
         request, constraint = self._stage_request(index, binding, call)
         prompt, tokens = yield from self._fit_prompt(stage, model, values, request.sampling.max_tokens)
-        self._last_prompt = prompt
+        call.last_prompt = prompt
         yield StageStart(stage.name, index, prompt.text, sample, final=index == len(call.bindings) - 1)
         pieces: list[str] = []
         stats: StageStats | None = None
