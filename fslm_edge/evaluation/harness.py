@@ -37,6 +37,14 @@ GEN_MAX_TOKENS = 256
 GEN_STOPS = ("Question:", "\n\n\n")
 
 
+def stack_definition(path: Path) -> str:
+    """A stack file's settings as canonical JSON: what decides its outputs, so a
+    comment or layout edit keeps the per-example cache valid."""
+    from ..config import tomllib  # tomli before Python 3.11
+
+    return json.dumps(tomllib.loads(path.read_text(encoding="utf-8")), sort_keys=True, default=str)
+
+
 def _stat(path: Path) -> str:
     info = Path(path).stat()
     return f"{Path(path).resolve()}:{info.st_size}:{info.st_mtime_ns}"
@@ -166,7 +174,7 @@ class StackTarget:
         config = load_stack_config(path, overrides)
         greedy = {f"{s.name}.temperature": 0.0 for s in config.stages if s.samples == 1}
         self.stack = Stack.load(path, {**overrides, **greedy})
-        parts = [Path(path).read_text(encoding="utf-8"), repr(sorted(overrides.items()))]
+        parts = [stack_definition(Path(path)), repr(sorted(overrides.items()))]
         parts += [_stat(m.path) for m in self.stack.models]
         parts += [_stat(s.adapter) for s in self.stack.config.stages if s.adapter is not None]
         if any(s.calculator for s in self.stack.config.stages):  # its rules decide the texts too
@@ -261,7 +269,7 @@ class GenerateTarget:
         config = self.stack.config
         parts = [repr(config.stages), repr(sorted(overrides.items())), str(config.context_size)]
         if config.path.suffix == ".toml":
-            parts.append(config.path.read_text(encoding="utf-8"))
+            parts.append(stack_definition(config.path))
         parts += [_stat(m.path) for m in self.stack.models]
         parts += [_stat(s.adapter) for s in config.stages if s.adapter is not None]
         if any(s.calculator for s in config.stages):
