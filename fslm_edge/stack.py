@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import INPUT_FIELDS, Sampling, StackConfig, StageConfig, load_target_config
-from .engine import Generation, LoadedModel, ModelPool, stream_text
+from .engine import DecoderPool, Generation, LoadedModel, ModelPool, stream_text
 from .engine.constraints import check_grammar, choices_grammar, schema_grammar, validate_json
 from .engine.scoring import ChoiceScorer, split_continuation
 from .errors import ContextOverflowError, InputError
@@ -186,15 +186,20 @@ class Stack:
 
     # -- life cycle ---------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, overrides: Mapping[str, Any] | None = None, logits_all: bool = False) -> Stack:
+    def load(cls, path: str | Path, overrides: Mapping[str, Any] | None = None, logits_all: bool = False,
+             decoders: DecoderPool | None = None) -> Stack:
         """Parse the stack file (or make a one-stage stack of a model reference:
         ``builtin:NAME`` or a ``.gguf`` path), load every model once, check and
-        load adapters. ``logits_all`` keeps logits for every prompt position."""
-        return cls.from_config(load_target_config(path, overrides), logits_all)
+        load adapters. ``logits_all`` keeps logits for every prompt position.
+        ``decoders``: stacks given the same pool decode their generations
+        together (continuous batching, ``engine.batch``); the caller closes it
+        after the stacks."""
+        return cls.from_config(load_target_config(path, overrides), logits_all, decoders)
 
     @classmethod
-    def from_config(cls, config: StackConfig, logits_all: bool = False) -> Stack:
-        pool = ModelPool(config.context_size, config.n_threads, config.batch_size, logits_all, config.gpu_layers)
+    def from_config(cls, config: StackConfig, logits_all: bool = False, decoders: DecoderPool | None = None) -> Stack:
+        pool = ModelPool(config.context_size, config.n_threads, config.batch_size, logits_all, config.gpu_layers,
+                         decoders)
         try:
             bindings = _bind(config, pool)
         except BaseException:

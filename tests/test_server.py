@@ -326,6 +326,40 @@ def test_load_every_request_answered_or_refused_never_mixed_up(server):
     assert after["refused"] - before["refused"] == sum(r for _, _, r in answers)
 
 
+def test_parallel_requests_share_decodes_and_answer_as_one_at_a_time(tmp_path_factory, smollm2_path):
+    """``--parallel 4``: eight questions from eight clients, on F16 weights
+    (where batching does not change a greedy answer: test_batched_decoding.py),
+    each answered exactly as a lone stack answers it; the decodes were shared."""
+    from fslm_edge.engine.tools import quantize_file
+    from fslm_edge.stack import Stack
+
+    f16 = tmp_path_factory.mktemp("parallel") / "smollm2-f16.gguf"
+    assert quantize_file(smollm2_path, f16, "f16") == 0
+    questions = [f"Repeat this number: {7000 + 37 * i}" for i in range(8)]
+    with Stack.load(str(f16), {"stack.threads": 1, "*.temperature": 0.0, "*.max_tokens": 8}) as lone:
+        expected = [lone.run(q).answer for q in questions]
+    running = Server(str(f16), "--parallel", "4", "--queue", "8", "--set", "stack.threads=1")
+    try:
+        client = running.client(key="unused")
+        status = running.health()["models"]["smollm2-f16"]
+        assert status["workers"] == 4 and status["batched"]
+
+        def ask(question: str) -> str:
+            response = client.chat.completions.create(
+                model="smollm2-f16", max_tokens=8, temperature=0,
+                messages=[{"role": "user", "content": question}])
+            assert response.model_extra["fslm_edge"]["input"] == question
+            return response.choices[0].message.content
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, questions))
+        assert answers == expected
+        assert running.health()["models"]["smollm2-f16"]["largest_batch"] >= 2
+    finally:
+        running.stop()
+    assert running.proc.returncode == 0, "".join(running.log)
+
+
 def test_a_full_queue_is_503_and_a_slow_request_times_out():
     """One instance, no waiting places, a 1.5 s limit per request."""
     small = Server(BUILTIN, "--workers", "1", "--queue", "0", "--timeout", "1.5", "--set", "stack.threads=1")
@@ -365,6 +399,8 @@ def test_serve_refuses_bad_input_with_one_line(tmp_path):
     twice = serve(str(one), str(one))
     assert twice.returncode == 2 and "model id 'test' is served already" in twice.stderr.splitlines()[-1]
     assert serve(str(one), "--workers", "0").returncode == 2
+    both = serve(str(one), "--workers", "2", "--parallel", "2")
+    assert both.returncode == 2 and "give one of them" in both.stderr.splitlines()[-1]
 
 
 def test_only_loopback_hosts_count_as_local():

@@ -3,16 +3,20 @@
 Everything that touches llama-cpp-python lives in this package: loading models
 (``native``), a model with its context, adapters, tokens and KV cache
 (``model``), the one generation loop (``generate``), structured-output
-grammars (``constraints``) and log-likelihood scoring (``scoring``).
+grammars (``constraints``), log-likelihood scoring (``scoring``) and many
+generations decoded together (``batch``).
 """
 
+from .batch import BatchedDecoder, DecoderPool
 from .generate import Generation, collect_text, stream_text
 from .model import ClosedModelError, GPUUnavailableWarning, LoadedModel, ModelPool
 from .native import Backend, amx_in_build, backend_info, native_lock, open_llama, quiet_stderr
 
 __all__ = [
     "Backend",
+    "BatchedDecoder",
     "ClosedModelError",
+    "DecoderPool",
     "GPUUnavailableWarning",
     "Generation",
     "LoadedModel",

@@ -61,6 +61,7 @@ class LoadedModel:
         self._special_starts: set[str] = set()
         self._info: GGUFInfo | None = None
         self._children: list = []  # scorers and other contexts on this model, closed first
+        self.decoder = None  # a BatchedDecoder of the same file: generation goes through it (shared by loads)
         self.chat_template = self._read_chat_template()
 
     # -- life cycle -----------------------------------------------------------
@@ -225,6 +226,10 @@ class LoadedModel:
             raise AdapterError(f"llama.cpp refused the adapter {path}; export it again for {self.path.name}")
         self._adapters[path] = handle
 
+    def adapter_handle(self, path: Path):
+        """The llama.cpp handle of an adapter ``add_adapter`` initialised."""
+        return self._adapters[Path(path).resolve()]
+
     def use_adapter(self, path: Path | None, scale: float = 1.0) -> None:
         """Make ``path`` (or no adapter; also at scale 0) active; drops the KV
         cache on a change."""
@@ -291,8 +296,12 @@ class LoadedModel:
         """Sampled token ids until EOG, cancel or ``max_tokens``. ``first_banned``:
         token ids the first sampled token may not be; ``grammar``: GBNF the
         tokens must follow (llama.cpp's grammar sampler). The generation loop
-        (``generate.stream_text``) is the only caller."""
+        (``generate.stream_text``) is the only caller. With a ``decoder``
+        attached, the tokens come from its batch, under this model's adapter."""
         llm = self.llm
+        if self.decoder is not None:
+            yield from self.decoder.generate(prompt_tokens, sampling, cancel, first_banned, grammar, self._active)
+            return
         if len(prompt_tokens) >= self.n_ctx:
             raise ContextOverflowError(
                 f"the prompt needs {len(prompt_tokens)} tokens, more than the context size {self.n_ctx}; "
@@ -343,8 +352,9 @@ class ModelPool:
     """Loads each distinct model file once and shares it; owns them all."""
 
     def __init__(self, n_ctx: int, n_threads: int, n_batch: int = 512, logits_all: bool = False,
-                 gpu_layers: int = 0):
+                 gpu_layers: int = 0, decoders=None):
         self.n_ctx, self.n_threads, self.n_batch = n_ctx, n_threads, n_batch
+        self.decoders = decoders  # a batch.DecoderPool: generation on each file goes through its decoder
         self.logits_all = logits_all
         self.gpu_layers = gpu_layers
         self._models: dict[Path, LoadedModel] = {}
@@ -362,6 +372,8 @@ class ModelPool:
         if model is None:
             model = LoadedModel(key, self.n_ctx, self.n_threads, self.n_batch, self.logits_all, self.gpu_layers)
             self._models[key] = model
+            if self.decoders is not None:
+                model.decoder = self.decoders.get(key)
         return model
 
     @property

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..config import load_target_config
+from ..engine import DecoderPool
 from ..errors import InputError
 from ..stack import Stack
 from .app import Settings, create_app
@@ -24,28 +26,42 @@ def _stop_requested(_signum, _frame) -> None:
 
 
 def load_models(refs: Sequence[str], workers: int, overrides: Mapping[str, Any], max_waiting: int,
-                log=print) -> dict[str, ModelWorkers]:
+                log=print, parallel: int = 1) -> dict[str, ModelWorkers]:
     """Each stack file or model reference ``workers`` times, keyed by its
     ``[stack] name``. With several workers each runs llama.cpp on one thread
-    (the cores are shared between them)."""
-    if workers < 1:
-        raise InputError("--workers must be at least 1")
+    (the cores are shared between them). With ``parallel`` > 1, that many
+    instances share one batched decoder per model file (``engine.batch``): the
+    requests they answer at once are decoded together, on the stack's threads."""
+    if workers < 1 or parallel < 1:
+        raise InputError("--workers and --parallel must be at least 1")
+    if workers > 1 and parallel > 1:
+        raise InputError("--workers and --parallel are two ways to answer requests at once: give one of them")
     settings = dict(overrides)
     if workers > 1:
         settings["stack.threads"] = 1
     models: dict[str, ModelWorkers] = {}
     try:
         for ref in refs:
-            stacks = [Stack.load(ref, settings or None)]
+            decoders = None
+            if parallel > 1:
+                config = load_target_config(ref, settings or None)
+                decoders = DecoderPool(parallel, config.context_size, config.n_threads, config.gpu_layers)
+            stacks = [Stack.load(ref, settings or None, decoders=decoders)]
             name = stacks[0].config.name
             if name in models:
                 stacks[0].close()
+                if decoders is not None:
+                    decoders.close()
                 raise InputError(f"{ref}: the model id '{name}' is served already (from another STACK); "
                                  "give the stack another [stack] name")
-            models[name] = ModelWorkers.create(name, stacks, max_waiting)  # closed with the others on failure
-            stacks.extend(Stack.load(ref, settings or None) for _ in range(workers - 1))
-            models[name] = ModelWorkers.create(name, stacks, max_waiting)
-            log(f"fslm-edge: loaded '{name}' from {ref} ({workers} worker{'s' if workers > 1 else ''}, "
+            # closed with the others on failure
+            models[name] = ModelWorkers.create(name, stacks, max_waiting, decoders)
+            stacks.extend(Stack.load(ref, settings or None, decoders=decoders)
+                          for _ in range(max(workers, parallel) - 1))
+            models[name] = ModelWorkers.create(name, stacks, max_waiting, decoders)
+            how = (f"{parallel} requests at once, batched" if parallel > 1
+                   else f"{workers} worker{'s' if workers > 1 else ''}")
+            log(f"fslm-edge: loaded '{name}' from {ref} ({how}, "
                 f"stages: {', '.join(s.name for s in stacks[0].config.stages)})")
     except BaseException:
         for loaded in models.values():
@@ -82,7 +98,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(refs: Sequence[str], host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
-          workers: int = 1, max_waiting: int = 16, timeout_s: float = 300.0, max_body_bytes: int = 1 << 20,
+          workers: int = 1, parallel: int = 1, max_waiting: int = 16, timeout_s: float = 300.0,
+          max_body_bytes: int = 1 << 20,
           overrides: Mapping[str, Any] | None = None, debug: bool = False) -> None:
     import uvicorn
 
@@ -96,7 +113,7 @@ def serve(refs: Sequence[str], host: str = "127.0.0.1", port: int = 8080, api_ke
             "the server; set --api-key KEY (or FSLM_EDGE_API_KEY)")
     sock = bind(host, port)
     try:
-        models = load_models(refs, workers, overrides or {}, max_waiting, log)
+        models = load_models(refs, workers, overrides or {}, max_waiting, log, parallel)
     except BaseException:
         sock.close()
         raise

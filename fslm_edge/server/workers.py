@@ -3,9 +3,11 @@ and the bridge that runs one question on a worker thread and hands its events
 to the event loop.
 
 A ``Stack`` runs one question at a time, so parallel requests for one model
-id need several instances (``--workers``); they share the memory-mapped GGUF
-weights. Requests of the same stage are not batched into one llama.cpp
-decode: the engine cannot do that yet.
+id need several instances; they share the memory-mapped GGUF weights. With
+``--workers`` each decodes on its own; with ``--parallel`` they share one
+batched decoder per model file, so the requests under way are decoded
+together, one ``llama_decode`` a step for all those at a stage with the same
+adapter (``engine.batch``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..engine import DecoderPool
 from ..errors import FslmError, RuntimeFailure
 from ..events import StackResult
 from ..stack import Stack
@@ -102,12 +105,14 @@ class ModelWorkers:
     model_id: str
     stacks: list[Stack]
     slots: SlotQueue
+    decoders: DecoderPool | None = None  # shared by the stacks (--parallel); closed after them
     counters: Counters = field(default_factory=Counters)
     _seconds: float = 0.0  # a moving average of run times, for Retry-After
 
     @classmethod
-    def create(cls, model_id: str, stacks: list[Stack], max_waiting: int) -> ModelWorkers:
-        return cls(model_id, stacks, SlotQueue(stacks, max_waiting))
+    def create(cls, model_id: str, stacks: list[Stack], max_waiting: int,
+               decoders: DecoderPool | None = None) -> ModelWorkers:
+        return cls(model_id, stacks, SlotQueue(stacks, max_waiting), decoders)
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: about one queue's worth of runs."""
@@ -118,12 +123,18 @@ class ModelWorkers:
         self._seconds = seconds if not self._seconds else 0.8 * self._seconds + 0.2 * seconds
 
     def status(self) -> dict:
+        batched = {}
+        if self.decoders is not None:  # the most sequences one llama.cpp decode held so far
+            batched["largest_batch"] = max((d.max_rows for d in self.decoders.decoders), default=0)
         return {"workers": self.slots.size, "busy": self.slots.busy, "waiting": self.slots.waiting,
-                "max_waiting": self.slots.max_waiting, **self.counters.__dict__}
+                "max_waiting": self.slots.max_waiting, "batched": self.decoders is not None, **batched,
+                **self.counters.__dict__}
 
     def close(self) -> None:
         for stack in self.stacks:
             stack.close()
+        if self.decoders is not None:
+            self.decoders.close()
 
 
 END = object()  # the last item a run puts on its queue
