@@ -1,12 +1,14 @@
 """``fslm-edge serve`` under load, on the shipped qa stack. Prints tables.
 
     python benchmarks/bench_server.py [--stack stacks/qa.toml] [--requests 16] [--set KEY=VALUE ...]
+        [--servers workers=1,workers=2,parallel=4] [--no-overhead]
 
 1. throughput: requests/s and p50/p95 latency for 1, 2, 4 and 8 concurrent
-   clients (plain HTTP, ``stream: false``), with ``--workers 1`` (llama.cpp's
-   default threads) and ``--workers 2`` (one thread each), each in a fresh
-   server process; then aggregate throughput at 4 clients against one
-   client's (target >= 2x);
+   clients (plain HTTP, ``stream: false``), for each server in ``--servers``:
+   ``workers=1`` (llama.cpp's default threads), ``workers=2`` (one thread
+   each), ``parallel=4`` (four requests at once decoded together in one batch,
+   on the default threads), each in a fresh server process; then aggregate
+   throughput at 4 clients against one client's (target >= 2x);
 2. overhead: the same questions one at a time through HTTP (``--workers 1``)
    and through ``Stack.run`` in this process with the same settings,
    interleaved question by question so drifts in machine load cancel out
@@ -44,8 +46,9 @@ QUESTIONS = [
 
 
 class Server:
-    def __init__(self, stack: str, workers: int, sets: list[str]):
-        args = ["serve", stack, "--port", "0", "--workers", str(workers), "--queue", "64", "--timeout", "600"]
+    def __init__(self, stack: str, how: str, sets: list[str]):
+        flag, _, count = how.partition("=")
+        args = ["serve", stack, "--port", "0", f"--{flag}", count, "--queue", "64", "--timeout", "600"]
         for item in sets:
             args += ["--set", item]
         self.proc = subprocess.Popen([sys.executable, "-c", "from fslm_edge.cli import main; main()", *args],
@@ -109,8 +112,8 @@ def load_level(server: Server, clients: int, requests: int) -> dict:
             "tokens_s": sum(tokens for _, tokens in results) / wall}
 
 
-def throughput(stack: str, workers: int, levels: list[int], requests: int, sets: list[str]) -> list[dict]:
-    server = Server(stack, workers, sets)
+def throughput(stack: str, how: str, levels: list[int], requests: int, sets: list[str]) -> list[dict]:
+    server = Server(stack, how, sets)
     try:
         server.ask(QUESTIONS[0])  # warm-up: first decode, page cache
         return [load_level(server, clients, max(requests, 2 * clients)) for clients in levels]
@@ -124,7 +127,7 @@ def overhead(stack_path: str, sets: list[str], rounds: int) -> dict:
     from fslm_edge import Stack
     from fslm_edge.config import parse_override_items
 
-    server = Server(stack_path, 1, sets)
+    server = Server(stack_path, "workers=1", sets)
     direct_s, http_s, direct_tokens, http_tokens = [], [], 0, 0
     try:
         with Stack.load(stack_path, parse_override_items(sets) or None) as stack:
@@ -154,28 +157,35 @@ def main() -> None:
     parser.add_argument("--stack", default=str(ROOT / "stacks" / "qa.toml"))
     parser.add_argument("--requests", type=int, default=16, help="requests per concurrency level (at least 2x clients)")
     parser.add_argument("--levels", default="1,2,4,8")
-    parser.add_argument("--workers", default="1,2", help="server --workers values to measure")
+    parser.add_argument("--servers", default="workers=1,workers=2,parallel=4",
+                        help="servers to measure: workers=N or parallel=N, comma-separated")
     parser.add_argument("--overhead-questions", type=int, default=16)
+    parser.add_argument("--no-overhead", action="store_true", help="skip the HTTP overhead measurement")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    table: dict[int, list[dict]] = {}
+    table: dict[str, list[dict]] = {}
     print(f"stack {args.stack}, {args.requests} requests per level, settings {args.sets or 'as shipped'}; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
-    print(f"{'workers':>7} {'clients':>7} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'tok/s':>7}")
-    for workers in (int(x) for x in args.workers.split(",")):
-        table[workers] = throughput(args.stack, workers, levels, args.requests, args.sets)
-        for row in table[workers]:
-            print(f"{workers:>7} {row['clients']:>7} {row['req_s']:>7.2f} {row['p50_s']:>7.2f} {row['p95_s']:>7.2f} "
+    print(f"{'server':>11} {'clients':>7} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'tok/s':>7}")
+    servers = args.servers.split(",")
+    for how in servers:
+        table[how] = throughput(args.stack, how, levels, args.requests, args.sets)
+        for row in table[how]:
+            print(f"{how:>11} {row['clients']:>7} {row['req_s']:>7.2f} {row['p50_s']:>7.2f} {row['p95_s']:>7.2f} "
                   f"{row['tokens_s']:>7.1f}", flush=True)
-    one_client = next(r for r in table[min(table)] if r["clients"] == 1)["req_s"]
-    for workers, rows in table.items():
+    base = servers[0]
+    one_client = next(r for r in table[base] if r["clients"] == 1)["req_s"]
+    for how, rows in table.items():
         four = next((r for r in rows if r["clients"] == 4), None)
         own = next((r for r in rows if r["clients"] == 1), None)
         if four and own:
-            print(f"4 clients, --workers {workers}: {four['req_s']:.2f} req/s = {four['req_s'] / one_client:.2f}x "
-                  f"one client on --workers {min(table)} ({one_client:.2f} req/s), {four['req_s'] / own['req_s']:.2f}x "
-                  f"one client on the same server (target >= 2x)")
+            name, first = how.replace("=", " "), base.replace("=", " ")
+            print(f"4 clients, --{name}: {four['req_s']:.2f} req/s = {four['req_s'] / one_client:.2f}x "
+                  f"one client on --{first} ({one_client:.2f} req/s), "
+                  f"{four['req_s'] / own['req_s']:.2f}x one client on the same server (target >= 2x)")
+    if args.no_overhead:
+        return
     result = overhead(args.stack, args.sets, args.overhead_questions)
     print(f"overhead, {result['questions']} questions one at a time: Stack.run {result['direct_s']:.2f} s "
           f"({result['direct_tokens']} tokens), HTTP {result['http_s']:.2f} s ({result['http_tokens']} tokens): "
