@@ -142,3 +142,28 @@ def test_a_changed_matcher_rematches_cached_texts_without_generating(tmp_path):
     assert record["correct"] and record["pred"] == 4 and record["matcher"] == MATCHER_VERSION
     reread = ExampleCache(tmp_path, "fingerprint", task, False, "generate")
     assert reread.get(example_key(example))["correct"]  # the new decision is cached
+
+
+def test_batched_generate_mode_gives_one_at_a_time_records(tmp_path, smollm2_path):
+    """``--batch 2`` in generate mode, on F16 weights (where batched greedy
+    decoding writes what one sequence alone writes): the same printed answers
+    and decisions as one question at a time, in the same order."""
+    from fslm_edge.engine.tools import quantize_file
+
+    f16 = tmp_path / "smollm2-f16.gguf"
+    assert quantize_file(smollm2_path, f16, "f16") == 0
+    data = tmp_path / "data"
+    write_jsonl(data / "arc_easy_test.jsonl", MC_ROWS[:3])
+    stack = tmp_path / "gen.toml"
+    stack.write_text(STACK.replace('name = "hint"', f'name = "hint"\nmodel = "{f16}"')
+                     .replace('name = "answer"', f'name = "answer"\nmodel = "{f16}"'))
+    outputs = []
+    for batch in ("1", "2"):
+        out = tmp_path / f"b{batch}.json"
+        result = _run(["eval", str(stack), "--mode", "generate", "--task", "arc_easy", "--data-dir", str(data),
+                       "--out", str(out), "--batch", batch, "--cache-dir", str(tmp_path / "cache")])
+        assert result.exit_code == 0, result.output
+        examples = json.loads(out.read_text())["results"][0]["examples"]
+        outputs.append([(e["id"], e["output"], e["correct"], [s["text"] for s in e["stages"]]) for e in examples])
+        assert not any(e["cached"] for e in examples)  # batched runs keep a cache of their own
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 3

@@ -83,7 +83,7 @@ def _open(ref: str, engine: str, threads, max_new_tokens, cache_dir, batch):
     from .harness import GenerateTarget, open_target
 
     if engine == "generate":
-        return GenerateTarget(ref, threads)
+        return GenerateTarget(ref, threads, batch)
     return open_target(ref, threads, max_new_tokens, cache_dir, batch)
 
 
@@ -160,8 +160,9 @@ def check_out(out: str) -> tuple[Path, Path]:
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="Generation budget for generative tasks on single models (stacks use their own).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Single models: score this many multiple-choice questions in one llama.cpp batch "
-                   "(fastest on BF16/F16 weights; see docs/eval.md).")
+              help="Likelihood mode, single models: score this many multiple-choice questions in one llama.cpp "
+                   "batch; generate mode: run this many questions at once, their tokens decoded together "
+                   "(pays on BF16/F16 weights; see docs/eval.md).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Per-example cache (resume).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the per-example cache.")
 def eval_command(targets, modes, tasks, data_dir, data_file, fmt, split, limit, seed, out, skip_bad, lettered,

@@ -251,21 +251,38 @@ class GenerateTarget:
     every stage generated at temperature 0 (a stage with ``samples`` > 1 keeps
     its seeded sampling and its ``select``); the printed answer is matched to
     the options by ``matcher.match_answer``. A model reference runs on
-    ``n_threads``; a stack file on its own ``threads``."""
+    ``n_threads``; a stack file on its own ``threads``. ``batch`` > 1: that
+    many questions run at once, on as many instances of the stack sharing one
+    batched decoder per model file (``engine.batch``), so their stages'
+    tokens are decoded together; on quantized weights a token can then differ
+    from ``fslm-edge run``'s where two are nearly tied, so it has a cache of
+    its own."""
 
     kind = "generate"
-    batch = 1
 
-    def __init__(self, ref: str, n_threads: int):
+    def __init__(self, ref: str, n_threads: int, batch: int = 1):
         from ..config import is_stack_ref, load_target_config
+        from ..engine import DecoderPool
         from ..stack import Stack
 
         self.name = ref
+        self.batch = batch
         config = load_target_config(ref)
         overrides: dict = {f"{s.name}.temperature": 0.0 for s in config.stages if s.samples == 1}
         if not is_stack_ref(ref):
             overrides["stack.threads"] = n_threads
-        self.stack = Stack.load(ref, overrides)
+        self.decoders = None
+        if batch > 1:
+            settled = load_target_config(ref, overrides)
+            self.decoders = DecoderPool(batch, settled.context_size, settled.n_threads, settled.gpu_layers)
+        self.stacks: list = []
+        try:
+            for _ in range(batch):
+                self.stacks.append(Stack.load(ref, overrides, decoders=self.decoders))
+        except BaseException:
+            self.close()
+            raise
+        self.stack = self.stacks[0]
         config = self.stack.config
         parts = [repr(config.stages), repr(sorted(overrides.items())), str(config.context_size)]
         if config.path.suffix == ".toml":
@@ -274,11 +291,19 @@ class GenerateTarget:
         parts += [_stat(s.adapter) for s in config.stages if s.adapter is not None]
         if any(s.calculator for s in config.stages):
             parts.append(f"calculator-{CALCULATOR_VERSION}")
-        self.fingerprint = "generate:" + "|".join(parts)
+        self.fingerprint = "generate:" + "|".join(parts) + (f":batch{batch}" if batch > 1 else "")
 
-    def run_mc(self, task: Task, example: Example, lettered: bool = False) -> dict:
+    def run_mc_many(self, task: Task, examples: list[Example], lettered: bool = False) -> list[dict]:
+        """Up to ``batch`` questions at once, one stack instance (and thread) each."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(examples)) as pool:
+            return list(pool.map(lambda pair: self.run_mc(task, pair[1], lettered, self.stacks[pair[0]]),
+                                 enumerate(examples)))
+
+    def run_mc(self, task: Task, example: Example, lettered: bool = False, stack=None) -> dict:
         text = task.generate_input(example)
-        result = self.stack.run(text)
+        result = (stack or self.stack).run(text)
         stages = StackTarget._stages(result.stages)
         record = {"id": example.id, "question": example.question, "choices": list(example.choices),
                   "gold": example.answer, "input": text, "output": result.answer,
@@ -289,7 +314,10 @@ class GenerateTarget:
         return {**record, "generated_tokens": sum(s["generated_tokens"] for s in stages), "stages": stages}
 
     def close(self) -> None:
-        self.stack.close()
+        for stack in self.stacks:
+            stack.close()
+        if self.decoders is not None:
+            self.decoders.close()
 
 
 def open_target(ref: str, n_threads: int, max_new_tokens: int = GEN_MAX_TOKENS, cache_folder: Path | None = None,
