@@ -14,10 +14,10 @@
    Q4_1 file and on a BF16 copy of its weights (``fslm-edge quantize --type bf16``),
    with their agreement with the F16 copy (the weights without kernel rounding);
 5. seconds per question for ``stacks/qa.toml`` (prompt-only, 3 stages) on ARC-Easy;
-6. generate mode (``fslm-edge eval --mode generate``): questions/s of ``stacks/qa.toml``
+6. generate mode (``fslm-edge eval --mode generate [--batch N]``): questions/s of ``stacks/qa.toml``
    and of the base model run as ``fslm-edge run`` runs them (every stage generated,
-   temperature 0), on ``--n-generate`` ARC-Easy questions (the base on 1 thread, the stack on its own)
-   (``--generate-only`` runs just this part).
+   temperature 0), on ``--n-generate`` ARC-Easy questions (the base on 1 thread, the stack on its own),
+   one at a time and ``--generate-batch`` at once (``--generate-only`` runs just this part).
 """
 
 from __future__ import annotations
@@ -230,28 +230,33 @@ def bench_stack(rows, stack_file: Path):
         target.close()
 
 
-def bench_generate(rows, refs: list[str]) -> None:
-    """Generate mode, one question at a time (the engine has no batched
-    generation): questions/s, tokens generated and accuracy. The base model
-    runs on 1 thread; a stack file on its own ``threads`` (printed)."""
+def bench_generate(rows, refs: list[str], batches: tuple[int, ...] = (1,)) -> None:
+    """Generate mode, one question at a time and ``batch`` questions at once
+    (``--batch``: stack instances sharing a batched decoder): questions/s,
+    tokens generated and accuracy. The base model runs on 1 thread; a stack
+    file on its own ``threads`` (printed)."""
     from fslm_edge.evaluation.data import parse_mc
     from fslm_edge.evaluation.harness import GenerateTarget
     from fslm_edge.evaluation.tasks import TASKS
 
     examples = [parse_mc(row, number, "bench") for number, row in enumerate(rows, start=1)]
-    for ref in refs:
-        target = GenerateTarget(ref, 1)
+    task = TASKS["arc_easy"]
+    for ref, batch in ((ref, batch) for ref in refs for batch in batches):
+        target = GenerateTarget(ref, 1, batch)
         threads = target.stack.config.n_threads  # a stack file keeps its own (0: one fewer than the cores)
         try:
-            target.run_mc(TASKS["arc_easy"], examples[0])  # warm-up
+            target.run_mc(task, examples[0])  # warm-up
             started = time.perf_counter()
-            records = [target.run_mc(TASKS["arc_easy"], example) for example in examples]
+            records = []
+            for start in range(0, len(examples), batch):
+                chunk = examples[start: start + batch]
+                records += target.run_mc_many(task, chunk) if batch > 1 else [target.run_mc(task, chunk[0])]
             seconds = time.perf_counter() - started
         finally:
             target.close()
         tokens = sum(r["generated_tokens"] for r in records) / len(records)
         right = sum(r["correct"] for r in records)
-        print(f"generate mode, {ref}: {len(records)} ARC-Easy questions in {seconds:.1f} s = "
+        print(f"generate mode, {ref}, --batch {batch}: {len(records)} ARC-Easy questions in {seconds:.1f} s = "
               f"{len(records) / seconds:.2f} questions/s, {tokens:.0f} tokens generated per question, "
               f"{right}/{len(records)} right ({threads} thread(s), load average {os.getloadavg()[0]:.2f})",
               flush=True)
@@ -265,13 +270,15 @@ def main() -> None:
     parser.add_argument("--n-stack", type=int, default=3, help="questions through stacks/qa.toml")
     parser.add_argument("--n-generate", type=int, default=20, help="questions per target in generate mode")
     parser.add_argument("--generate-only", action="store_true", help="only the generate-mode figure (6.)")
+    parser.add_argument("--generate-batch", default="1,4", help="generate mode's --batch values to measure")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     rows = arc_questions(args.data_dir, max(args.n, args.n_hf, args.n_generate))
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; threads {args.threads}")
     generate_refs = [str(ROOT / "stacks" / "qa.toml"), "builtin:smollm2-135m-instruct"]
+    batches = tuple(int(x) for x in args.generate_batch.split(","))
     if args.generate_only:
-        bench_generate(rows[: args.n_generate], generate_refs)
+        bench_generate(rows[: args.n_generate], generate_refs, batches)
         return
 
     llama, seconds, tokens = bench_llama(rows[: args.n], args.threads)
@@ -305,7 +312,7 @@ def main() -> None:
     per_q, generated = bench_stack(rows[: args.n_stack], ROOT / "stacks" / "qa.toml")
     print(f"stacks/qa.toml (3 prompt-only stages, choices scored on the final prompt): {per_q:.2f} s/question, "
           f"{generated:.0f} tokens generated per question ({args.n_stack} questions)")
-    bench_generate(rows[: args.n_generate], generate_refs)
+    bench_generate(rows[: args.n_generate], generate_refs, batches)
 
 
 if __name__ == "__main__":
