@@ -173,7 +173,7 @@ def repl(stack_file: str, sets: tuple[str, ...], gpu_layers: int | None) -> None
 @click.argument("stack_file", metavar="STACK")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def info(stack_file: str, as_json: bool) -> None:
-    """Show STACK's resolved models, adapters and a memory estimate."""
+    """Show STACK's (a stack file or a model reference) resolved models, adapters and a memory estimate."""
     from .engine import backend_info
     from .report import stack_report
 

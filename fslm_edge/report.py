@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import load_stack_config
+from .config import is_stack_ref, load_target_config
 from .ggufinfo import GGUFInfo, check_adapter, read_gguf_info
 from .models import resolve_model
 
@@ -21,8 +21,10 @@ def kv_cache_bytes(info: GGUFInfo, n_ctx: int) -> int:
 
 
 def stack_report(path: str | Path) -> dict:
-    """A JSON-ready description of a stack's models, adapters and memory."""
-    config = load_stack_config(path)
+    """A JSON-ready description of a stack's models, adapters and memory (a
+    model reference, ``builtin:NAME`` or a ``.gguf`` path, as the one-stage
+    stack ``fslm-edge run`` makes of it)."""
+    config = load_target_config(str(path))
     models: dict[str, dict] = {}
     stages = []
     total_adapters = 0
@@ -55,7 +57,7 @@ def stack_report(path: str | Path) -> dict:
     memory = sum(m["file_bytes"] + m["kv_cache_bytes"] + COMPUTE_BUFFER_BYTES for m in models.values())
     return {
         "stack": config.name,
-        "file": str(config.path),
+        "file": str(config.path) if is_stack_ref(str(path)) else str(path),
         "description": config.description,
         "context_size": config.context_size,
         "threads": config.n_threads,

@@ -64,6 +64,14 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_info_takes_a_model_reference_as_run_does():
+    result = CliRunner().invoke(main, ["info", "builtin:smollm2-135m-instruct", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["file"] == "builtin:smollm2-135m-instruct"
+    assert [s["name"] for s in report["stages"]] and report["models"][0]["architecture"] == "llama"
+
+
 def test_info_reports_models_and_memory():
     result = invoke("info", str(ROOT / "stacks/qa.toml"), "--json")
     report = json.loads(result.output)
