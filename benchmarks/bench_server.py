@@ -7,7 +7,8 @@
    clients (plain HTTP, ``stream: false``), for each server in ``--servers``:
    ``workers=1`` (llama.cpp's default threads), ``workers=2`` (one thread
    each), ``parallel=4`` (four requests at once decoded together in one batch,
-   on the default threads), each in a fresh server process; then aggregate
+   on the default threads; ``parallel=4:stack.threads=2`` on two), each in a
+   fresh server process; then aggregate
    throughput at 4 clients against one client's (target >= 2x);
 2. overhead: the same questions one at a time through HTTP (``--workers 1``)
    and through ``Stack.run`` in this process with the same settings,
@@ -47,7 +48,9 @@ QUESTIONS = [
 
 class Server:
     def __init__(self, stack: str, how: str, sets: list[str]):
-        flag, _, count = how.partition("=")
+        server, *own_sets = how.split(":")  # "parallel=4:stack.threads=2": this server's own settings too
+        flag, _, count = server.partition("=")
+        sets = sets + own_sets
         args = ["serve", stack, "--port", "0", f"--{flag}", count, "--queue", "64", "--timeout", "600"]
         for item in sets:
             args += ["--set", item]
@@ -158,7 +161,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16, help="requests per concurrency level (at least 2x clients)")
     parser.add_argument("--levels", default="1,2,4,8")
     parser.add_argument("--servers", default="workers=1,workers=2,parallel=4",
-                        help="servers to measure: workers=N or parallel=N, comma-separated")
+                        help="servers to measure, comma-separated: workers=N or parallel=N, each optionally "
+                             "followed by :KEY=VALUE settings of its own (parallel=4:stack.threads=2)")
     parser.add_argument("--overhead-questions", type=int, default=16)
     parser.add_argument("--no-overhead", action="store_true", help="skip the HTTP overhead measurement")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
@@ -167,12 +171,13 @@ def main() -> None:
     table: dict[str, list[dict]] = {}
     print(f"stack {args.stack}, {args.requests} requests per level, settings {args.sets or 'as shipped'}; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
-    print(f"{'server':>11} {'clients':>7} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'tok/s':>7}")
+    width = max(len(h) for h in args.servers.split(","))
+    print(f"{'server':>{width}} {'clients':>7} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'tok/s':>7}")
     servers = args.servers.split(",")
     for how in servers:
         table[how] = throughput(args.stack, how, levels, args.requests, args.sets)
         for row in table[how]:
-            print(f"{how:>11} {row['clients']:>7} {row['req_s']:>7.2f} {row['p50_s']:>7.2f} {row['p95_s']:>7.2f} "
+            print(f"{how:>{width}} {row['clients']:>7} {row['req_s']:>7.2f} {row['p50_s']:>7.2f} {row['p95_s']:>7.2f} "
                   f"{row['tokens_s']:>7.1f}", flush=True)
     base = servers[0]
     one_client = next(r for r in table[base] if r["clients"] == 1)["req_s"]
@@ -180,7 +185,7 @@ def main() -> None:
         four = next((r for r in rows if r["clients"] == 4), None)
         own = next((r for r in rows if r["clients"] == 1), None)
         if four and own:
-            name, first = how.replace("=", " "), base.replace("=", " ")
+            name, first = how.replace("=", " ", 1), base.replace("=", " ", 1)
             print(f"4 clients, --{name}: {four['req_s']:.2f} req/s = {four['req_s'] / one_client:.2f}x "
                   f"one client on --{first} ({one_client:.2f} req/s), "
                   f"{four['req_s'] / own['req_s']:.2f}x one client on the same server (target >= 2x)")
