@@ -166,7 +166,13 @@ class BatchedDecoder:
                 self._admit()
                 group = self._pick_group()
             if group:
-                self._step(group)
+                try:
+                    self._step(group)
+                except Exception as exc:  # a bug must not leave readers waiting for ever
+                    failure = RuntimeFailure(f"batched decoding failed ({type(exc).__name__}: {exc})")
+                    for seq in group:
+                        if seq in self._running:
+                            self._finish(seq, failure)
         closed = ClosedModelError(f"the batched decoder of {self.model.path.name} was closed")
         for seq in self._running + self._waiting:
             self._finish(seq, closed)
