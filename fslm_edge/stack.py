@@ -138,15 +138,37 @@ def make_constraint(model: LoadedModel, choices: Sequence[str] | None = None, gr
     return Constraint(text, json_schema, tuple(dict.fromkeys(choices)) if choices is not None else ())
 
 
-def pick_by_likelihood(model: LoadedModel, prompt: Prompt, tokens: list[int], choices: Sequence[str]) -> str:
-    """The choice whose text the model finds most likely after the prompt, per
-    byte (as evaluation's acc_norm scores choices): each choice is scored
-    whole, where greedy decoding under a grammar decides by its first tokens."""
+CONTENT_FREE = "N/A"  # the question of the calibration prompt (Zhao et al. 2021's content-free input)
+
+
+def pick_by_likelihood(model: LoadedModel, prompt: Prompt, tokens: list[int], choices: Sequence[str],
+                       free_prompt: Prompt | None = None) -> str:
+    """The choice whose text the model finds most likely after the prompt.
+    Without ``free_prompt``: per byte (as evaluation's acc_norm scores
+    choices), each choice scored whole, where greedy decoding under a grammar
+    decides by its first tokens. With it (``choices_by = "calibrated"``): the
+    choice's log-probability minus its log-probability after ``free_prompt``,
+    the same prompt with no question in it, so a choice is not picked for being
+    likely whatever was asked (domain-conditional PMI, Holtzman et al. 2021)."""
+    scorer = ChoiceScorer(model)
     continuations = [continuation(prompt.text, choice) for choice in choices]
-    scored = [split_continuation(model, prompt, text)[1] for text in continuations]
-    scores = ChoiceScorer(model).score(tokens, scored)
-    per_byte = [s.logprob / max(len(text.encode("utf-8")), 1) for s, text in zip(scores, continuations)]
-    return choices[max(range(len(choices)), key=per_byte.__getitem__)]
+    scores = scorer.score(tokens, [split_continuation(model, prompt, text)[1] for text in continuations])
+    if free_prompt is None:
+        values = [s.logprob / max(len(text.encode("utf-8")), 1) for s, text in zip(scores, continuations)]
+    else:
+        free_continuations = [continuation(free_prompt.text, choice) for choice in choices]
+        free = scorer.score(model.tokenize_prompt(free_prompt),
+                            [split_continuation(model, free_prompt, text)[1] for text in free_continuations])
+        values = [s.logprob - f.logprob for s, f in zip(scores, free)]
+    return choices[max(range(len(choices)), key=values.__getitem__)]
+
+
+def content_free_values(values: Mapping[str, str], stage_names: Sequence[str]) -> dict[str, str]:
+    """The prompt values of the calibration prompt: the question "N/A", no
+    earlier stage's text; the options (when a template shows them) kept."""
+    free = {**values, **{name: "" for name in stage_names}}
+    free["input"] = free["question"] = CONTENT_FREE
+    return free
 
 
 def _bind(config: StackConfig, pool: ModelPool) -> list[_Binding]:
@@ -412,7 +434,7 @@ class Stack:
             sampling = _final_sampling(sampling, call.final_sampling)
             constraint = call.final_constraint or constraint
         if constraint is None and stage.choices_from_input and call.options:
-            if stage.choices_by == "likelihood":  # the options are scored, not sampled: no grammar to build
+            if stage.choices_by != "grammar":  # the options are scored, not sampled: no grammar to build
                 constraint = Constraint("", None, tuple(dict.fromkeys(call.options)))
             else:
                 constraint = make_constraint(binding.model, call.options, where=f"stage '{stage.name}' options")
@@ -428,8 +450,12 @@ class Stack:
         yield StageStart(stage.name, index, prompt.text, sample, final=index == len(call.bindings) - 1)
         pieces: list[str] = []
         stats: StageStats | None = None
-        if constraint is not None and constraint.choices and stage.choices_by == "likelihood":
-            pieces = [pick_by_likelihood(model, prompt, tokens, constraint.choices)]
+        if constraint is not None and constraint.choices and stage.choices_by != "grammar":
+            free = None
+            if stage.choices_by == "calibrated":
+                names = [b.config.name for b in self._bindings]
+                free = stage_prompt(stage, content_free_values(values, names), model.chat_template)
+            pieces = [pick_by_likelihood(model, prompt, tokens, constraint.choices, free)]
             stats = StageStats(len(tokens), len(model.tokenize_plain(pieces[0])), 0.0, 0.0, 0.0, "choice")
             yield TextDelta(stage.name, pieces[0])
         for piece in () if stats is not None else stream_text(model, tokens, request, call.cancel):

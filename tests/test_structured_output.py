@@ -175,3 +175,51 @@ def test_a_question_that_asks_for_yes_or_no_has_those_two_options():
         assert split_options(text).options == ()  # a question about the words, or no question at all
     lettered = split_options("Which is a fruit?\nA. apple\n(B) brick\nAnswer with the letter.")
     assert lettered.options == ("apple", "brick") and lettered.after == "Answer with the letter."
+
+
+CALIBRATED = """
+[[stage]]
+name = "hint"
+template = "Say one word about: {question}"
+max_tokens = 4
+temperature = 0.0
+
+[[stage]]
+name = "answer"
+chat = false
+template = "Question: {question}\\nHint: {hint}\\nAnswer:"
+choices_from_input = true
+choices_by = "calibrated"
+max_tokens = 8
+"""
+
+
+def test_calibrated_choices_subtract_what_a_choice_scores_without_the_question(make_stack):
+    """``choices_by = "calibrated"``: the option whose log-probability the
+    question raises most over the same prompt with the question "N/A" and no
+    earlier text, computed here independently; an option likely after any
+    question ("a thing") is no longer picked for that."""
+    from fslm_edge.engine.scoring import ChoiceScorer, split_continuation
+    from fslm_edge.formats import continuation
+    from fslm_edge.prompts import Prompt
+
+    question = "What is frozen water called?\nA. ice\nB. it\nC. a thing"
+    options = ["ice", "it", "a thing"]
+    with Stack.load(make_stack(CALIBRATED)) as stack:
+        result = stack.run(question)
+        hint = result.stages[0].text
+        model = stack.models[0]
+
+        def logprobs(text: str) -> list[float]:
+            prompt = Prompt.trusted("Question: ").plus(text).plus("\nHint: ", trusted=True)
+            prompt = prompt.plus(hint if text != "N/A" else "").plus("\nAnswer:", trusted=True)
+            conts = [split_continuation(model, prompt, continuation(prompt.text, o))[1] for o in options]
+            return [s.logprob for s in ChoiceScorer(model).score(model.tokenize_prompt(prompt), conts)]
+
+        raised = [a - b for a, b in zip(logprobs("What is frozen water called?"), logprobs("N/A"))]
+        assert result.answer == options[raised.index(max(raised))]
+    one_stage = CALIBRATED.split("[[stage]]")[2].replace("Hint: {hint}\\n", "")
+    with Stack.load(make_stack("[[stage]]" + one_stage)) as stack:
+        assert stack.run(question).answer == "ice"
+        stack.reconfigure({"answer.choices_by": "likelihood"})
+        assert stack.run(question).answer == "a thing"  # per byte, the option likely after anything wins
