@@ -11,12 +11,13 @@ and calls ``cancel()``; one question runs at a time per stack.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import weakref
 from contextlib import contextmanager
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from .engine import DecoderPool, Generation, LoadedModel, ModelPool, stream_text
 from .engine.constraints import check_grammar, choices_grammar, schema_grammar, validate_json
 from .engine.scoring import ChoiceScorer, split_continuation
 from .errors import ContextOverflowError, InputError
+from .fileio import fingerprint
 from .formats import continuation
 from .events import (
     ContextWarning,
@@ -205,6 +207,8 @@ class Stack:
         self._closing = False
         self._closed = False
         self._streams: weakref.WeakSet = weakref.WeakSet()  # started streams, to finish on close
+        # a stagecache.GenerationMemo (or anything with get/put): greedy stage texts generated once
+        self.generation_memo = None
 
     # -- life cycle ---------------------------------------------------------
     @classmethod
@@ -441,6 +445,16 @@ class Stack:
         grammar = (constraint.grammar or None) if constraint is not None else None
         return Generation(sampling, grammar, stage.calculator and grammar is None), constraint
 
+    def _memo_key(self, binding: _Binding, tokens: list[int], request: Generation) -> str | None:
+        """The ``generation_memo`` key of a greedy generation (None: not remembered)."""
+        if self.generation_memo is None or request.sampling.temperature != 0:
+            return None
+        stage, model = binding.config, binding.model
+        files = [model.path] + ([stage.adapter] if stage.adapter is not None else [])
+        ident = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+        batched = model.decoder is not None  # batched decoding can round a near tie the other way
+        return fingerprint(json.dumps([ident, stage.adapter_scale, model.n_ctx, batched, tokens, repr(request)]))
+
     def _run_stage(self, index: int, binding: _Binding, values: dict[str, str], call: _Call, sample: int = 0):
         stage, model = binding.config, binding.model
         model.use_adapter(stage.adapter, stage.adapter_scale)
@@ -450,7 +464,13 @@ class Stack:
         yield StageStart(stage.name, index, prompt.text, sample, final=index == len(call.bindings) - 1)
         pieces: list[str] = []
         stats: StageStats | None = None
-        if constraint is not None and constraint.choices and stage.choices_by != "grammar":
+        picks = constraint is not None and constraint.choices and stage.choices_by != "grammar"
+        memo_key = None if picks else self._memo_key(binding, tokens, request)  # a pick is cheap: not kept
+        remembered = self.generation_memo.get(memo_key) if memo_key is not None else None
+        if remembered is not None:
+            pieces, stats = [remembered["text"]], StageStats(**remembered["stats"])
+            yield TextDelta(stage.name, pieces[0])
+        elif picks:
             free = None
             if stage.choices_by == "calibrated":
                 names = [b.config.name for b in self._bindings]
@@ -464,6 +484,8 @@ class Stack:
                 continue
             pieces.append(piece)
             yield TextDelta(stage.name, piece)
+        if memo_key is not None and remembered is None and stats.stop_reason != "cancelled":
+            self.generation_memo.put(memo_key, {"text": "".join(pieces), "stats": asdict(stats)})
         text = "".join(pieces).strip()
         if not text and stats.stop_reason != "cancelled":
             yield StageWarning(stage.name, f"stage '{stage.name}' generated no text ({stats.generated_tokens} "

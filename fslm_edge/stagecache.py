@@ -48,3 +48,27 @@ class StageOutputCache:
         key = self.key(stack_input)
         append_record(self.path, {"key": key, **value})
         self._records[key] = value
+
+
+class GenerationMemo:
+    """Texts a stage generated greedily, keyed by everything that decides them
+    (the model and adapter files, the prompt's token ids, the generation
+    settings): at temperature 0 the same key gives the same text, so a stack
+    run again (an evaluation of a variant that changes only a later stage)
+    generates nothing twice. Append-only JSONL; safe across threads."""
+
+    def __init__(self, path: Path):
+        import threading
+
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._records = {r.pop("key"): r for r in read_records(self.path) if "key" in r}
+
+    def get(self, key: str) -> dict | None:
+        with self._lock:
+            return self._records.get(key)
+
+    def put(self, key: str, value: dict) -> None:
+        with self._lock:
+            append_record(self.path, {"key": key, **value})
+            self._records[key] = value

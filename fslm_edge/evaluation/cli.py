@@ -83,7 +83,7 @@ def _open(ref: str, engine: str, threads, max_new_tokens, cache_dir, batch):
     from .harness import GenerateTarget, open_target
 
     if engine == "generate":
-        return GenerateTarget(ref, threads, batch)
+        return GenerateTarget(ref, threads, batch, cache_dir)
     return open_target(ref, threads, max_new_tokens, cache_dir, batch)
 
 

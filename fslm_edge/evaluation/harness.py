@@ -260,10 +260,11 @@ class GenerateTarget:
 
     kind = "generate"
 
-    def __init__(self, ref: str, n_threads: int, batch: int = 1):
+    def __init__(self, ref: str, n_threads: int, batch: int = 1, cache_folder: Path | None = None):
         from ..config import is_stack_ref, load_target_config
         from ..engine import DecoderPool
         from ..stack import Stack
+        from ..stagecache import GenerationMemo
 
         self.name = ref
         self.batch = batch
@@ -283,6 +284,10 @@ class GenerateTarget:
             self.close()
             raise
         self.stack = self.stacks[0]
+        if cache_folder is not None:  # greedy stage texts generated once across targets and runs
+            memo = GenerationMemo(Path(cache_folder) / "generations.jsonl")
+            for stack in self.stacks:
+                stack.generation_memo = memo
         config = self.stack.config
         parts = [repr(config.stages), repr(sorted(overrides.items())), str(config.context_size)]
         if config.path.suffix == ".toml":
