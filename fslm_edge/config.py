@@ -32,7 +32,7 @@ from .templates import TemplateSyntaxError, template_fields
 DEFAULT_MODEL = "smollm2-135m-instruct"
 RESERVED_NAMES = ("input", "stack")
 SELECTORS = ("majority", "likelihood", "mean-likelihood")
-WHEN_VALUES = ("always", "options", "no_options")
+WHEN_VALUES = ("always", "options", "no_options", "lettered", "yes_no")
 MAX_CONTEXT = 1 << 20  # tokens; llama.cpp models here have 8k-128k
 MAX_SAMPLES = 64
 MAX_NESTING = 64  # TOML tables and arrays inside each other (tomllib recurses)
@@ -91,8 +91,9 @@ STAGE_KEYS: tuple[Key, ...] = (
         "self-consistency: run this stage and the later ones k times", between(1, MAX_SAMPLES)),
     Key("select", (str,), "majority", '"majority", "likelihood" or "mean-likelihood"',
         "how the answer is picked among samples", values=SELECTORS),
-    Key("when", (str,), "always", '"always", "options" or "no_options"',
-        "run only for questions that list lettered options (`options`) or that do not (`no_options`)",
+    Key("when", (str,), "always", '"always", "options", "no_options", "lettered" or "yes_no"',
+        "run only for questions with options (`options`: lettered ones, or a yes/no request) or without "
+        "(`no_options`), or only with lettered options (`lettered`) or only for a yes/no request (`yes_no`)",
         values=WHEN_VALUES),
     Key("choices", (list,), None, "a non-empty list of non-empty strings",
         "structured output: the text is exactly one of these strings",

@@ -90,10 +90,18 @@ class _Call:
     last_prompt: Prompt | None = None  # the prompt of the stage that ran last (scored by select = "likelihood")
 
 
-def _runs(binding: _Binding, has_options: bool) -> bool:
-    """Whether a stage runs for a question that lists options (or not): its ``when``."""
+def question_kind(question: str) -> str:
+    """"lettered" (it lists lettered options), "yes_no" (it asks for a yes or
+    no) or "open": what a stage's ``when`` tests."""
+    split = split_options(question)
+    return "lettered" if split.option_lines else "yes_no" if split.options else "open"
+
+
+def _runs(binding: _Binding, kind: str) -> bool:
+    """Whether a stage runs for a question of this kind (``question_kind``): its ``when``."""
     when = binding.config.when
-    return when == "always" or (when == "options") == has_options
+    return when == "always" or (when == "options" and kind != "open") or (when == "no_options" and kind == "open") \
+        or when == kind
 
 
 def _last_value(generator):
@@ -301,7 +309,8 @@ class Stack:
             raise InputError("this stack is closed; load it again")
         question = question.strip()
         options = split_options(question).options
-        active = [b for b in self._bindings if _runs(b, bool(options))]
+        kind = question_kind(question)
+        active = [b for b in self._bindings if _runs(b, kind)]
         if not active:
             raise InputError(f"no stage of this stack runs for a question {'with' if options else 'without'} "
                              "lettered options (every stage's 'when' excludes it)")
@@ -319,14 +328,14 @@ class Stack:
         """Run every stage but the last (as ``run`` does) and prepare the last
         stage's prompt on its model, adapter active: what evaluation scores
         answer choices against. The stages are those that run for a
-        multiple-choice question (``when`` = "always" or "options"), options
+        multiple-choice question (``when`` = "always", "options" or "lettered"), options
         listed in the question or not. ``upstream`` gives the earlier stages'
         texts (by stage name) instead of running them; the context then has no
         upstream outputs."""
         if not question or not question.strip():
             raise InputError("the question is empty")
         question = question.strip()
-        active = [b for b in self._bindings if _runs(b, True)]
+        active = [b for b in self._bindings if _runs(b, "lettered")]
         call = _Call(threading.Event(), bindings=active)
         with self._running(call):
             values = self._input_values(question)
