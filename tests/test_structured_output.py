@@ -166,6 +166,36 @@ def test_when_runs_a_stage_only_for_questions_with_or_without_options(make_stack
         assert stack.score_context("Which is a fruit?").stage.name == "pick"  # scoring is multiple choice
 
 
+def test_when_tells_lettered_options_from_a_yes_no_request(make_stack):
+    path = make_stack('''
+        [[stage]]
+        name = "letters"
+        when = "lettered"
+        template = "Question: {question}\\nAnswer:"
+        chat = false
+        choices_from_input = true
+        choices_by = "calibrated"
+        max_tokens = 8
+
+        [[stage]]
+        name = "yes_no"
+        when = "yes_no"
+        template = "Question: {question}\\nAnswer:"
+        chat = false
+        choices_from_input = true
+        choices_by = "likelihood"
+        max_tokens = 8
+    ''')
+    with Stack.load(path) as stack:
+        lettered = stack.run("Which is a fruit?\nA. apple\nB. brick")
+        assert [s.name for s in lettered.stages] == ["letters"] and lettered.answer in ("apple", "brick")
+        asked = stack.run("Is an apple a fruit? Answer yes or no.")
+        assert [s.name for s in asked.stages] == ["yes_no"] and asked.answer in ("yes", "no")
+        with pytest.raises(InputError, match="no stage of this stack runs"):
+            stack.run("Which is a fruit?")
+        assert stack.score_context("Which is a fruit?").stage.name == "letters"
+
+
 def test_a_question_that_asks_for_yes_or_no_has_those_two_options():
     from fslm_edge.options import split_options
 
