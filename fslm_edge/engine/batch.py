@@ -14,8 +14,9 @@ matmuls round by how many rows share them, so a token can differ where two
 are nearly tied (engine/scoring.py's docstring).
 
 LoRA adapters are set per llama.cpp context, so a step decodes only the
-sequences under one adapter (and scale); sequences under another wait for
-the next step. The group chosen is the one whose sequence has waited longest.
+sequences under one adapter (and scale); the others wait. The adapter set
+stays while sequences under it are left, up to ``_MAX_WAIT`` steps of
+another's waiting (``_pick_group``).
 
 Whether batching pays depends on the weights' matmul kernels:
 ``benchmarks/bench_batch.py`` measures it (docs/server.md quotes it).
@@ -43,6 +44,7 @@ AdapterKey = tuple  # () for none, else (resolved path, scale)
 _PENALTY_LAST_N = 64  # Llama's last_n_tokens_size: the repeat penalty looks this far back
 _DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: a random seed
 _FINISHED = object()
+_MAX_WAIT = 8  # steps a sequence under another adapter waits at most while the current one's run
 
 
 @dataclass
@@ -203,12 +205,19 @@ class BatchedDecoder:
             self._running.append(seq)
 
     def _pick_group(self) -> list[_Sequence]:
+        """The sequences to decode this step: those under the adapter already
+        set, while any are left and no other has waited ``_MAX_WAIT`` steps
+        (switching adapters costs a step's worth of setup); else those under the
+        adapter of the sequence that waited longest."""
         if not self._running:
             return []
         oldest = max(self._running, key=lambda s: (s.waited, -s.order))
-        group = [s for s in self._running if s.adapter == oldest.adapter]
+        key = oldest.adapter
+        if oldest.waited < _MAX_WAIT and any(s.adapter == self._active for s in self._running):
+            key = self._active
+        group = [s for s in self._running if s.adapter == key]
         for seq in self._running:
-            seq.waited = 0 if seq.adapter == oldest.adapter else seq.waited + 1
+            seq.waited = 0 if seq.adapter == key else seq.waited + 1
         return group
 
     def _step(self, group: list[_Sequence]) -> None:
