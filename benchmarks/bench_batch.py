@@ -8,8 +8,8 @@ questions, greedy, at most ``--tokens`` tokens each, prompts included in the
 time: tokens/s one at a time (``LoadedModel.generate``, N in a row) and
 batched (N threads at once through one decoder), with the speed-up.
 Whether it pays depends on llama.cpp's matmul kernels for the weights' type
-on this CPU: llama.cpp has fast many-row kernels for some types (F16, BF16,
-Q4_0, Q8_0 on x86) and not for others. Make a copy of another type with
+on this CPU (docs/server.md quotes a run: BF16 2.1x at 4 sequences, the
+packaged Q4_1 1.0x). Make a copy of another type with
 ``fslm-edge quantize builtin:smollm2-135m-instruct --type bf16 --out FILE``.
 Run it alone on the machine.
 """

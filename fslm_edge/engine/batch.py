@@ -19,7 +19,9 @@ stays while sequences under it are left, up to ``_MAX_WAIT`` steps of
 another's waiting (``_pick_group``).
 
 Whether batching pays depends on the weights' matmul kernels:
-``benchmarks/bench_batch.py`` measures it (docs/server.md quotes it).
+``benchmarks/bench_batch.py`` measures it (docs/server.md quotes it: on an
+AVX-512 CPU a BF16 copy decodes 4 sequences at 2.1x the tokens/s of one at a
+time, the packaged Q4_1 file at 1.0x).
 """
 
 from __future__ import annotations
