@@ -78,7 +78,7 @@ def test_info_reports_models_and_memory():
     assert len(report["models"]) == 1
     model = report["models"][0]
     assert model["architecture"] == "llama" and model["quantization"] == "Q4_1"
-    assert model["stages"] == ["recall", "reason", "answer", "reply"]
+    assert model["stages"] == ["recall", "reason", "answer", "answer_yes_no", "reply"]
     assert report["memory_estimate_bytes"] > model["file_bytes"]
     assert "memory estimate" in invoke("info", str(ROOT / "stacks/qa.toml")).output
 
