@@ -100,11 +100,12 @@ STAGE_KEYS: tuple[Key, ...] = (
         lambda v: bool(v) and all(isinstance(c, str) and c for c in v)),
     Key("choices_from_input", (bool,), False, _BOOL,
         "structured output: when the question lists lettered options, the text is exactly one option's text"),
-    Key("choices_by", (str,), "grammar", '"grammar", "likelihood" or "calibrated"',
-        "how a choice is made: sampled under a grammar; the choice the model finds most likely per byte; or "
-        "the one whose likelihood the question raises most (its log-probability minus that after the same "
-        "prompt with the question \"N/A\" and no earlier stages' text)",
-        values=("grammar", "likelihood", "calibrated")),
+    Key("choices_by", (str,), "grammar", '"grammar", "likelihood", "total" or "calibrated"',
+        "how a choice is made: sampled under a grammar; the choice the model finds most likely per byte "
+        "(`likelihood`) or whole (`total`: its log-probability); or the one whose likelihood the question "
+        "raises most (its log-probability minus that after the same prompt with the question \"N/A\" and no "
+        "earlier stages' text)",
+        values=("grammar", "likelihood", "total", "calibrated")),
     Key("grammar", (str,), None, "a path to a GBNF file",
         "structured output: llama.cpp GBNF, relative to the stack file"),
     Key("json_schema", (str, dict), None, "a path to a JSON file or an inline table",
@@ -158,7 +159,7 @@ class StageConfig:
     choices: tuple[str, ...] | None = None
     choices_from_input: bool = False
     when: str = "always"  # "options" / "no_options": run only when the question lists options / does not
-    choices_by: str = "grammar"  # "likelihood" / "calibrated": score each choice whole (stack.pick_by_likelihood)
+    choices_by: str = "grammar"  # otherwise each choice is scored whole (stack.pick_by_likelihood)
     grammar: str | None = None  # GBNF text, read from grammar_file
     grammar_file: Path | None = None
     json_schema: dict | None = None

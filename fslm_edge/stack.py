@@ -152,7 +152,7 @@ CONTENT_FREE = "N/A"  # the question of the calibration prompt (Zhao et al. 2021
 
 
 def pick_by_likelihood(model: LoadedModel, prompt: Prompt, tokens: list[int], choices: Sequence[str],
-                       free_prompt: Prompt | None = None) -> str:
+                       free_prompt: Prompt | None = None, per_byte: bool = True) -> str:
     """The choice whose text the model finds most likely after the prompt.
     Without ``free_prompt``: per byte (as evaluation's acc_norm scores
     choices), each choice scored whole, where greedy decoding under a grammar
@@ -163,8 +163,9 @@ def pick_by_likelihood(model: LoadedModel, prompt: Prompt, tokens: list[int], ch
     scorer = ChoiceScorer(model)
     continuations = [continuation(prompt.text, choice) for choice in choices]
     scores = scorer.score(tokens, [split_continuation(model, prompt, text)[1] for text in continuations])
-    if free_prompt is None:
-        values = [s.logprob / max(len(text.encode("utf-8")), 1) for s, text in zip(scores, continuations)]
+    if free_prompt is None:  # per_byte=False (``choices_by = "total"``): the whole text's log-probability
+        values = [s.logprob / (max(len(text.encode("utf-8")), 1) if per_byte else 1)
+                  for s, text in zip(scores, continuations)]
     else:
         free_continuations = [continuation(free_prompt.text, choice) for choice in choices]
         free = scorer.score(model.tokenize_prompt(free_prompt),
@@ -484,7 +485,8 @@ class Stack:
             if stage.choices_by == "calibrated":
                 names = [b.config.name for b in self._bindings]
                 free = stage_prompt(stage, content_free_values(values, names), model.chat_template)
-            pieces = [pick_by_likelihood(model, prompt, tokens, constraint.choices, free)]
+            pieces = [pick_by_likelihood(model, prompt, tokens, constraint.choices, free,
+                                         per_byte=stage.choices_by != "total")]
             stats = StageStats(len(tokens), len(model.tokenize_plain(pieces[0])), 0.0, 0.0, 0.0, "choice")
             yield TextDelta(stage.name, pieces[0])
         for piece in () if stats is not None else stream_text(model, tokens, request, call.cancel):
