@@ -253,3 +253,21 @@ def test_calibrated_choices_subtract_what_a_choice_scores_without_the_question(m
         assert stack.run(question).answer == "ice"
         stack.reconfigure({"answer.choices_by": "likelihood"})
         assert stack.run(question).answer == "a thing"  # per byte, the option likely after anything wins
+
+
+def test_total_choices_compare_whole_log_probabilities(make_stack):
+    """``choices_by = "total"``: the option with the larger log-probability,
+    computed here independently, not divided by its length in bytes."""
+    from fslm_edge.engine.scoring import ChoiceScorer, split_continuation
+    from fslm_edge.formats import continuation
+    from fslm_edge.prompts import Prompt
+
+    body = CALIBRATED.split("[[stage]]")[2].replace("Hint: {hint}\\n", "").replace('"calibrated"', '"total"')
+    question = "Is water wet? Answer yes or no."
+    with Stack.load(make_stack("[[stage]]" + body)) as stack:
+        answer = stack.run(question).answer
+        model = stack.models[0]
+        prompt = Prompt.trusted("Question: ").plus("Is water wet?").plus("\nAnswer:", trusted=True)
+        conts = [split_continuation(model, prompt, continuation(prompt.text, o))[1] for o in ("yes", "no")]
+        scores = [s.logprob for s in ChoiceScorer(model).score(model.tokenize_prompt(prompt), conts)]
+        assert answer == ("yes", "no")[scores.index(max(scores))]
