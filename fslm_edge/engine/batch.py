@@ -46,7 +46,7 @@ AdapterKey = tuple  # () for none, else (resolved path, scale)
 _PENALTY_LAST_N = 64  # Llama's last_n_tokens_size: the repeat penalty looks this far back
 _DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: a random seed
 _FINISHED = object()
-_MAX_WAIT = 8  # steps a sequence under another adapter waits at most while the current one's run
+_MAX_WAIT = 8  # steps a sequence under another adapter waits at most while the current adapter's run
 
 
 @dataclass
