@@ -40,7 +40,7 @@ from .events import (
     TextDelta,
 )
 from .models import resolve_model
-from .options import input_values, split_options
+from .options import OptionsSplit, input_values, split_options
 from .prompts import Prompt, stage_prompt
 from .voting import majority, most_likely
 
@@ -90,18 +90,20 @@ class _Call:
     last_prompt: Prompt | None = None  # the prompt of the stage that ran last (scored by select = "likelihood")
 
 
-def question_kind(question: str) -> str:
-    """"lettered" (it lists lettered options), "yes_no" (it asks for a yes or
-    no) or "open": what a stage's ``when`` tests."""
-    split = split_options(question)
+def question_kind(split: OptionsSplit) -> str:
+    """"lettered" (the question lists lettered options), "yes_no" (it asks for
+    a yes or no) or "open": what a stage's ``when`` tests."""
     return "lettered" if split.option_lines else "yes_no" if split.options else "open"
+
+
+# the question kinds each ``when`` value runs for
+_WHEN_KINDS = {"always": {"lettered", "yes_no", "open"}, "options": {"lettered", "yes_no"}, "no_options": {"open"},
+               "lettered": {"lettered"}, "yes_no": {"yes_no"}}
 
 
 def _runs(binding: _Binding, kind: str) -> bool:
     """Whether a stage runs for a question of this kind (``question_kind``): its ``when``."""
-    when = binding.config.when
-    return when == "always" or (when == "options" and kind != "open") or (when == "no_options" and kind == "open") \
-        or when == kind
+    return kind in _WHEN_KINDS[binding.config.when]
 
 
 def _last_value(generator):
@@ -309,9 +311,9 @@ class Stack:
         if self._closed or self._closing:
             raise InputError("this stack is closed; load it again")
         question = question.strip()
-        options = split_options(question).options
-        kind = question_kind(question)
-        active = [b for b in self._bindings if _runs(b, kind)]
+        split = split_options(question)
+        options = split.options
+        active = [b for b in self._bindings if _runs(b, question_kind(split))]
         if not active:
             raise InputError(f"no stage of this stack runs for a question {'with' if options else 'without'} "
                              "lettered options (every stage's 'when' excludes it)")
