@@ -23,7 +23,7 @@ from .gguf_model import QUANT_TYPES, merge_to_gguf, quantize_gguf
 
 @dataclass(frozen=True)
 class BuildOptions:
-    data_dir: Path
+    data_dir: Path | tuple[Path, ...]  # several: searched in order
     out_dir: Path | None = None
     stage: str | None = None
     max_steps: int | None = None
@@ -75,11 +75,18 @@ def stages_to_build(config: StackConfig, name: str | None) -> list[StageConfig]:
     return stages
 
 
+def data_dirs(options: BuildOptions) -> tuple[Path, ...]:
+    """``--data-dir`` folders, searched in order for each recipe's files."""
+    dirs = options.data_dir
+    return (Path(dirs),) if isinstance(dirs, (str, Path)) else tuple(Path(d) for d in dirs)
+
+
 def build_stack(stack_path: Path, options: BuildOptions) -> Iterator[StageArtifacts]:
     if options.quant not in (*QUANT_TYPES, "none"):
         raise InputError(f"--quant must be one of {', '.join(QUANT_TYPES)} or none, not '{options.quant}'")
-    if not Path(options.data_dir).is_dir():
-        raise InputError(f"--data-dir {options.data_dir} is not a folder")
+    for folder in data_dirs(options):
+        if not folder.is_dir():
+            raise InputError(f"--data-dir {folder} is not a folder")
     if options.device != "cpu":
         from .train import training_device
 
@@ -128,7 +135,7 @@ def build_stage(config: StackConfig, stage: StageConfig, options: BuildOptions, 
     base = resolve_model(stage.model, config.base_dir)
     with GGUFTokenizer(base) as tokenizer, _upstream(config, stage, folder, adapters or {},
                                                      options.progress) as upstream:
-        data = load_stage_data(stage, Path(options.data_dir), tokenizer, upstream)
+        data = load_stage_data(stage, data_dirs(options), tokenizer, upstream)
         pad_id = tokenizer.end_id
         upstream_info = _upstream_info(upstream, config.base_dir)
     hf_base = config.base_dir / stage.train.hf_base if stage.train.hf_base else None

@@ -17,7 +17,8 @@ _QUANTS = click.Choice(["q4_k_m", "q8_0", "q4_0", "none"])
 
 @click.command()
 @click.argument("stack_file", metavar="STACK")
-@click.option("--data-dir", required=True, help="Folder of the JSONL files.")
+@click.option("--data-dir", required=True, multiple=True,
+              help="Folder of the JSONL files (repeatable: each recipe file is taken from the first that has it).")
 @click.option("--stage", "stage_name", help="Build only this stage.")
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps (overrides the recipe).")
 @click.option("--quant", type=_QUANTS, default="none", show_default=True,
@@ -39,8 +40,9 @@ def build(stack_file, data_dir, stage_name, max_steps, quant, merge, resume, out
 
     from .build import BuildOptions, build_stack, stack_lines
 
-    options = BuildOptions(data_dir=Path(data_dir), out_dir=output_folder(out_dir) if out_dir else None,
-                           stage=stage_name, max_steps=max_steps, quant=quant, merge=merge, resume=resume,
+    options = BuildOptions(data_dir=tuple(Path(d) for d in data_dir),
+                           out_dir=output_folder(out_dir) if out_dir else None, stage=stage_name,
+                           max_steps=max_steps, quant=quant, merge=merge, resume=resume,
                            progress=not no_progress, threads=threads, device=device)
     if union:
         from .union import build_union
@@ -143,6 +145,52 @@ def _base_info(base: Path, adapter, kind: str) -> dict:
     return {"kind": kind, "base": {"file": base.name, "sha256": sha256_file(base)}, "adapter": Path(adapter).name}
 
 
+@click.command()
+@click.argument("stack_file", metavar="STACK")
+@click.option("--stage", "stage_name", required=True, help="The stage whose text the teacher writes.")
+@click.option("--task", "tasks", multiple=True, required=True,
+              help="A task whose rows are the inputs (repeatable): arc_easy, commonsenseqa, strategyqa...")
+@click.option("--data-dir", required=True, help="Folder of the <task>_<split>.jsonl files.")
+@click.option("--split", default="train", show_default=True, help="Which split's rows.")
+@click.option("--out", "out_path", required=True, help="The JSONL file to write (with OUT.manifest.json).")
+@click.option("--teacher", help="A model reference (builtin:NAME or a GGUF path) that writes the stage's text "
+              "instead of the stage's own model and adapter.")
+@click.option("--samples", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Texts per row: the first greedy, the others sampled.")
+@click.option("--temperature", type=click.FloatRange(0, 100), default=0.7, show_default=True,
+              help="Temperature of samples 2 and later.")
+@click.option("--keep", type=click.Choice(["correct", "helpful", "all"]), default="correct", show_default=True,
+              help="correct: only texts that lead the rest of the stack to the gold answer (STaR's filter); "
+              "helpful: of those, only on rows it answers wrongly with the stage's text empty.")
+@click.option("--limit", type=click.IntRange(min=1), help="A seeded sample of N rows per task.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Row sample and sampling seed.")
+@click.option("--threads", type=click.IntRange(min=1), help="llama.cpp threads (default: the stack's).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.samples.jsonl (or filter a "
+              "finished one again with another --keep).")
+def distill(stack_file, stage_name, tasks, data_dir, split, out_path, teacher, samples, temperature, keep, limit,
+            seed, threads, resume):
+    """Write training text for one stage of STACK: its teacher's text for each
+    task row, given what the earlier stages say, kept where it leads the stack
+    to the gold answer (--keep correct). A [stage.train] recipe names OUT as a
+    data file: { file = "OUT", target = "STAGE", fields = { input = "input", ... } }."""
+    from fslm_edge.fileio import output_file
+
+    from .distill import DistillOptions, distill as run_distill
+
+    out = output_file(out_path)
+    options = DistillOptions(stage_name, tuple(tasks), Path(data_dir), split, teacher, samples, temperature, seed,
+                             keep, limit, threads, resume)
+
+    def progress(report, total):
+        if report.rows % 10 == 0 or report.rows == total:
+            click.echo(f"distill: {report.rows}/{total} rows, {report.samples} texts, {report.correct} led to the "
+                       "gold answer", err=True)
+
+    report = run_distill(Path(stack_file), out, options, progress)
+    click.echo(f"wrote {out}: {report.kept} rows kept of {report.samples} texts for {report.rows} inputs"
+               + (f" ({report.resumed} inputs from the interrupted run)" if report.resumed else ""))
+
+
 def register(group: click.Group) -> None:
-    for command in (build, export_lora_cmd, merge, quantize):
+    for command in (build, export_lora_cmd, merge, quantize, distill):
         group.add_command(command)

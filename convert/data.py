@@ -136,8 +136,20 @@ def _mix(train_parts: list[list], recipe: TrainRecipe, seed: int) -> list:
     return mixed
 
 
-def load_stage_data(stage: StageConfig, data_dir: Path, tokenizer: GGUFTokenizer, upstream=None) -> StageData:
+def find_data_file(name: str, data_dirs, stage: str) -> Path:
+    """A recipe's data file: in the first of ``data_dirs`` (a folder or several) that has it."""
+    folders = [Path(data_dirs)] if isinstance(data_dirs, (str, Path)) else [Path(d) for d in data_dirs]
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+    where = folders[0] / name if len(folders) == 1 else f"{name} in {', '.join(map(str, folders))}"
+    raise DatasetError(f"stage '{stage}': data file not found: {where}")
+
+
+def load_stage_data(stage: StageConfig, data_dir, tokenizer: GGUFTokenizer, upstream=None) -> StageData:
     """Read, split, mix, render and tokenize a stage's training data.
+    ``data_dir``: a folder, or several searched in order (a recipe's file is
+    taken from the first that has it).
 
     ``upstream`` (a :class:`convert.upstream.UpstreamOutputs`) fills the
     fields the recipe maps to ``"@model"`` with the earlier stages' outputs."""
@@ -150,9 +162,7 @@ def load_stage_data(stage: StageConfig, data_dir: Path, tokenizer: GGUFTokenizer
                          "(fslm-edge build) so the earlier stages can run")
     train_parts, val_rows, hashes = [], [], {}
     for index, source in enumerate(recipe.data):
-        path = Path(data_dir) / source.file
-        if not path.is_file():
-            raise DatasetError(f"stage '{stage.name}': data file not found: {path}")
+        path = find_data_file(source.file, data_dir, stage.name)
         hashes[source.file] = sha256_file(path)
         train, val = _split_source(path, source, recipe, recipe.seed + index)
         train_parts.append([(path, source, n, row) for n, row in train])

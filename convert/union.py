@@ -19,7 +19,7 @@ from fslm_edge.config import load_stack_config
 from fslm_edge.errors import InputError
 from fslm_edge.models import resolve_model
 
-from .build import BuildOptions, StageArtifacts, _manifest, _manifest_info, _upstream, ensure_writable
+from .build import BuildOptions, StageArtifacts, _manifest, _manifest_info, _upstream, data_dirs, ensure_writable
 
 
 def planned_steps(data, recipe, max_steps: int | None) -> int:
@@ -52,7 +52,7 @@ def build_union(stack_path: Path, options: BuildOptions, name: str = "union") ->
         for stage in stages:
             folder = ensure_writable(root / stage.name)
             with _upstream(config, stage, folder, {}, options.progress) as upstream:
-                data = load_stage_data(stage, Path(options.data_dir), tokenizer, upstream)
+                data = load_stage_data(stage, data_dirs(options), tokenizer, upstream)
             parts.append(data)
             steps += planned_steps(data, stage.train, options.max_steps)
         pad_id = tokenizer.end_id

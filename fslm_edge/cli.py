@@ -24,6 +24,7 @@ LAZY_COMMANDS = {
     "export-lora": ("fslm_edge.convert.cli", "export_lora_cmd"),
     "merge": ("fslm_edge.convert.cli", "merge"),
     "quantize": ("fslm_edge.convert.cli", "quantize"),
+    "distill": ("fslm_edge.convert.cli", "distill"),
 }
 
 

@@ -36,7 +36,7 @@ class StageStats:
     time_to_first_token_s: float
     tokens_per_s: float
     seconds: float
-    stop_reason: str  # "eos", "stop", "length", "cancelled", or "choice" (picked by likelihood, not sampled)
+    stop_reason: str  # "eos", "stop", "length", "cancelled", "choice" (picked by likelihood), "given" (by the caller)
 
 
 @dataclass(frozen=True)

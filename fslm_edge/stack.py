@@ -88,6 +88,7 @@ class _Call:
     options: tuple[str, ...] = ()  # the lettered options the question lists (choices_from_input)
     bindings: list[_Binding] = field(default_factory=list)  # the stages that run for this question
     last_prompt: Prompt | None = None  # the prompt of the stage that ran last (scored by select = "likelihood")
+    given: Mapping[str, str] = field(default_factory=dict)  # stage texts given by the caller, not generated
 
 
 def question_kind(split: OptionsSplit) -> str:
@@ -282,6 +283,13 @@ class Stack:
     def models(self) -> list[LoadedModel]:
         return self._pool.models
 
+    def stage_model(self, name: str) -> LoadedModel:
+        """The loaded model stage ``name`` runs on."""
+        for binding in self._bindings:
+            if binding.config.name == name:
+                return binding.model
+        raise InputError(f"no stage '{name}' in this stack")
+
     def cancel(self) -> None:
         """Stop the generation in progress, and any question waiting for it (from any thread)."""
         with self._calls_lock:
@@ -299,13 +307,17 @@ class Stack:
 
     def stream(self, question: str, *, choices: Sequence[str] | None = None, grammar: str | None = None,
                json_schema: dict | None = None, final: Mapping[str, Any] | None = None,
-               cancel: threading.Event | None = None) -> Iterator[Event]:
+               cancel: threading.Event | None = None, given: Mapping[str, str] | None = None,
+               through: str | None = None) -> Iterator[Event]:
         """Yield stage events as they happen, then one ``StackResult``.
 
         For the final stage only: ``choices`` (its text is exactly one of these),
         ``grammar`` (GBNF) or ``json_schema`` (a dict: the text is JSON that
         validates), and ``final`` sampling settings (``FINAL_KEYS``). ``cancel``
-        stops this call within one token when set."""
+        stops this call within one token when set. ``given``: texts of named
+        stages to use as they are instead of generating them (what a later
+        stage makes of a given earlier text). ``through``: stop after this
+        stage, which is then the final one."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty; pass some text (or '-' to read it from stdin)")
         if self._closed or self._closing:
@@ -317,15 +329,31 @@ class Stack:
         if not active:
             raise InputError(f"no stage of this stack runs for a question {'with' if options else 'without'} "
                              "lettered options (every stage's 'when' excludes it)")
+        active = self._through(active, through)
+        names = {b.config.name for b in self._bindings}
+        unknown = sorted(set(given or {}) - names)
+        if unknown:
+            raise InputError(f"given text for unknown stage '{unknown[0]}'; stages: {', '.join(sorted(names))}")
         last = active[-1]
         call = _Call(cancel or threading.Event(),
                      dict(final or {}),
                      make_constraint(last.model, choices, grammar, json_schema, where="this call's grammar"),
-                     options, active)
+                     options, active, given=dict(given or {}))
         _final_sampling(last.config.sampling, call.final_sampling)  # refuse bad settings before running
         stream = self._stream(question, call)
         self._streams.add(stream)
         return stream
+
+    def _through(self, active: list[_Binding], through: str | None) -> list[_Binding]:
+        """The stages that run, cut after stage ``through`` (None: all)."""
+        if through is None:
+            return active
+        names = [b.config.name for b in active]
+        if through not in names:
+            every = [b.config.name for b in self._bindings]
+            why = "does not run for this question (its 'when')" if through in every else "is not a stage"
+            raise InputError(f"through = '{through}' {why}; stages that run: {', '.join(names)}")
+        return active[: names.index(through) + 1]
 
     def score_context(self, question: str, upstream: Mapping[str, str] | None = None) -> ScoringContext:
         """Run every stage but the last (as ``run`` does) and prepare the last
@@ -469,6 +497,8 @@ class Stack:
 
     def _run_stage(self, index: int, binding: _Binding, values: dict[str, str], call: _Call, sample: int = 0):
         stage, model = binding.config, binding.model
+        if stage.name in call.given:
+            return (yield from self._given_stage(index, binding, values, call, sample))
         model.use_adapter(stage.adapter, stage.adapter_scale)
         request, constraint = self._stage_request(index, binding, call)
         prompt, tokens = yield from self._fit_prompt(stage, model, values, request.sampling.max_tokens)
@@ -510,6 +540,18 @@ class Stack:
                 yield StageWarning(stage.name, f"stage '{stage.name}': the output does not validate against "
                                                f"its JSON schema ({problem}); stopped by {stats.stop_reason}, "
                                                "raise max_tokens if it was cut")
+        yield StageEnd(stage.name, text, prompt.text, stats, sample)
+        return StageOutput(stage.name, prompt.text, text, stats, sample)
+
+    def _given_stage(self, index: int, binding: _Binding, values: dict[str, str], call: _Call, sample: int):
+        """A stage whose text the caller gave: its prompt as it would have been, its text as given."""
+        stage = binding.config
+        prompt, _ = yield from self._fit_prompt(stage, binding.model, values)
+        call.last_prompt = prompt
+        text = call.given[stage.name].strip()
+        yield StageStart(stage.name, index, prompt.text, sample, final=index == len(call.bindings) - 1)
+        yield TextDelta(stage.name, text)
+        stats = StageStats(0, 0, 0.0, 0.0, 0.0, "given")
         yield StageEnd(stage.name, text, prompt.text, stats, sample)
         return StageOutput(stage.name, prompt.text, text, stats, sample)
 

@@ -184,3 +184,39 @@ def test_stacks_sharing_a_decoder_answer_as_one_stack_does(f16_path, make_stack)
         for stack in stacks:
             stack.close()
         decoders.close()
+
+
+def test_scoring_on_a_decoders_file_runs_between_its_decodes(f16_path):
+    """Option scoring on a load whose generations go through a decoder runs on
+    the decoder's scheduler thread (never at the same time as a decode, whose
+    threads it would fight for the cores), with the figures it has alone."""
+    from fslm_edge.engine.scoring import ChoiceScorer
+
+    alone = LoadedModel(f16_path, 1024, 1)
+    context = chat(alone, "What color is the sky?")
+    options = [alone.tokenize_plain(" blue"), alone.tokenize_plain(" green, like grass")]
+    # three times: the later calls reuse the cached context, which rounds a little differently
+    expected = [[s.logprob for s in ChoiceScorer(alone).score(context, options)] for _ in range(3)]
+    alone.close()
+    decoders = DecoderPool(slots=2, n_ctx=1024, n_threads=1)
+    scorer_user, writer = LoadedModel(f16_path, 1024, 1), LoadedModel(f16_path, 1024, 1)
+    try:
+        decoder = decoders.get(f16_path)
+        scorer_user.decoder = writer.decoder = decoder
+        seen = []
+        scorer_user.exclusive(lambda: seen.append(threading.current_thread().name))
+        assert seen == ["fslm-edge batch decoder"]
+        request = Generation(Sampling(max_tokens=32, temperature=0.0))
+        text, scores = run_threads([
+            lambda: collect_text(stream_text(writer, chat(writer, PROMPTS[0]), request))[0],
+            lambda: [[s.logprob for s in ChoiceScorer(scorer_user).score(context, options)] for _ in range(3)]])
+        assert text
+        assert scores == expected
+        with pytest.raises(ZeroDivisionError):  # what the work raises reaches the caller
+            scorer_user.exclusive(lambda: 1 / 0)
+    finally:
+        scorer_user.close()
+        writer.close()
+        decoders.close()
+    with pytest.raises(ClosedModelError):
+        decoder.run_between_steps(lambda: None)

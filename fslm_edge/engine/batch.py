@@ -18,6 +18,11 @@ sequences under one adapter (and scale); the others wait. The adapter set
 stays while sequences under it are left, up to ``_MAX_WAIT`` steps of
 another's waiting (``_pick_group``).
 
+Other native work on the same file's other contexts (a stage's option
+scoring, ``LoadedModel.exclusive``) runs on the scheduler thread between two
+decodes (``run_between_steps``): on a CPU, two contexts decoding at once fight
+for the same cores with spinning threads and both crawl.
+
 Whether batching pays depends on the weights' matmul kernels:
 ``benchmarks/bench_batch.py`` measures it (docs/server.md quotes it: on an
 AVX-512 CPU a BF16 copy decodes 4 sequences at 2.1x the tokens/s of one at a
@@ -30,7 +35,7 @@ import ctypes
 import itertools
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,6 +105,7 @@ class BatchedDecoder:
         self._active: AdapterKey = ()
         self._arrivals = itertools.count()
         self._cond = threading.Condition()
+        self._jobs: list[tuple[Callable, queue.Queue]] = []  # run_between_steps work, in arrival order
         self._adapter_lock = threading.Lock()
         self._closing = False
         self.steps = 0  # decodes made (for tests and benchmarks)
@@ -130,6 +136,22 @@ class BatchedDecoder:
             self._waiting.append(seq)
             self._cond.notify_all()
         return self._tokens(seq)
+
+    def run_between_steps(self, work: Callable[[], object]):
+        """Run ``work()`` on the scheduler thread between two decodes and return
+        what it returns (or raise what it raises)."""
+        if threading.current_thread() is self._thread:
+            return work()
+        done: queue.Queue = queue.Queue(1)
+        with self._cond:
+            if self._closing:
+                raise ClosedModelError(f"the batched decoder of {self.model.path.name} was closed")
+            self._jobs.append((work, done))
+            self._cond.notify_all()
+        ok, value = done.get()
+        if not ok:
+            raise value
+        return value
 
     def _tokens(self, seq: _Sequence) -> Iterator[int]:
         try:
@@ -163,12 +185,14 @@ class BatchedDecoder:
     def _schedule(self) -> None:
         while True:
             with self._cond:
-                while not self._closing and not self._live():
+                while not self._closing and not self._jobs and not self._live():
                     self._cond.wait()
                 if self._closing:
                     break
+                jobs, self._jobs = self._jobs, []
                 self._admit()
                 group = self._pick_group()
+            self._run_jobs(jobs)
             if group:
                 try:
                     self._step(group)
@@ -180,6 +204,18 @@ class BatchedDecoder:
         closed = ClosedModelError(f"the batched decoder of {self.model.path.name} was closed")
         for seq in self._running + self._waiting:
             self._finish(seq, closed)
+        with self._cond:
+            jobs, self._jobs = self._jobs, []
+        for _, done in jobs:
+            done.put((False, closed))
+
+    @staticmethod
+    def _run_jobs(jobs: list[tuple[Callable, queue.Queue]]) -> None:
+        for work, done in jobs:
+            try:
+                done.put((True, work()))
+            except BaseException as exc:  # handed to the caller, whose thread raises it
+                done.put((False, exc))
 
     def _live(self) -> bool:
         self._drop_stopped()

@@ -290,6 +290,12 @@ class LoadedModel:
     def n_batch(self) -> int:
         return self.llm.n_batch
 
+    def exclusive(self, work):
+        """Run ``work()``, native work on this load's own context (scoring):
+        with a ``decoder`` attached, on its scheduler thread between two of its
+        decodes, so the two contexts never compute at once; else here."""
+        return work() if self.decoder is None else self.decoder.run_between_steps(work)
+
     # -- generation -----------------------------------------------------------
     def generate(self, prompt_tokens: list[int], sampling: Sampling, cancel: threading.Event | None = None,
                  first_banned: np.ndarray | None = None, grammar: str | None = None) -> Iterator[int]:

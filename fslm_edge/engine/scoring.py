@@ -125,7 +125,14 @@ class ChoiceScorer:
 
     # -- scoring ---------------------------------------------------------------
     def score(self, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[ChoiceScore]:
-        """Log-likelihood of each continuation after ``context`` (token ids)."""
+        """Log-likelihood of each continuation after ``context`` (token ids),
+        computed as ``model.exclusive`` work where the model has it."""
+        exclusive = getattr(self.model, "exclusive", None)
+        if exclusive is None:
+            return self._score(context, continuations)
+        return exclusive(lambda: self._score(context, continuations))
+
+    def _score(self, context: Sequence[int], continuations: Sequence[Sequence[int]]) -> list[ChoiceScore]:
         context = list(context)
         if not context:
             raise ValueError("the context must hold at least one token (BOS or text)")

@@ -1,0 +1,300 @@
+"""A stage's training text written by a teacher: ``fslm-edge distill``.
+
+For every row of the named tasks (their train split by default), the question
+is typed as generate mode types it (``Task.generate_input``: options as
+lettered lines), the stack's stages before STAGE run as ``fslm-edge run``
+runs them (temperature 0), and a teacher writes STAGE's text ``samples``
+times: sample 1 greedily, the others sampled at ``temperature`` with seeds
+``seed + 1``, ``seed + 2``... The teacher is the stage itself (its model and
+adapter) unless another model is named (the FSLM paper's distillation from a
+stronger model).
+
+``keep = "correct"`` is STaR's filter (Zelikman et al. 2022): a sample is kept
+only where the rest of the stack, given it, prints the gold answer, as the
+generate-mode matcher decides. ``keep = "helpful"`` keeps, of those, the ones
+on rows where the rest of the stack given an empty text for the stage does
+not print it: texts that made the answer right. ``keep = "all"`` keeps every
+sample. Both verdicts are recorded whatever ``keep`` is, so ``--resume`` with
+another ``--keep`` filters a finished run's samples again, generating nothing.
+
+Each row's samples and verdicts are appended to ``OUT.samples.jsonl`` as
+they are done, so an interrupted run continues with ``--resume``; the kept
+rows are written to ``OUT`` at the end, atomically, with ``OUT.manifest.json`` (teacher, stack,
+prompt, settings, data hashes, counts). A recipe names ``OUT`` as a data file
+(``{ file = "OUT", target = STAGE, fields = { input = "input", NAME = "NAME" } }``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fslm_edge.errors import InputError
+from fslm_edge.fileio import append_record, atomic_output, fingerprint, read_records, sha256_file
+
+KEEP = ("correct", "helpful", "all")
+ROW_FIELDS = ("id", "task", "input", "question", "choices", "answer", "sample", "printed", "correct",
+              "correct_without")
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    stage: str
+    tasks: tuple[str, ...]
+    data_dir: Path
+    split: str = "train"
+    teacher: str | None = None  # a model reference; None: the stage's own model and adapter
+    samples: int = 1
+    temperature: float = 0.7
+    seed: int = 0
+    keep: str = "correct"
+    limit: int | None = None
+    threads: int | None = None
+    resume: bool = False
+
+
+@dataclass
+class DistillReport:
+    rows: int = 0
+    samples: int = 0
+    kept: int = 0
+    correct: int = 0  # texts that led to the gold answer
+    correct_without: int = 0  # rows answered right with the stage's text empty
+    resumed: int = 0
+    per_task: dict = field(default_factory=dict)
+
+
+class _MemoryMemo:
+    """A generation memo in memory: the earlier stages' greedy texts are
+    generated once per row, not once per sample."""
+
+    def __init__(self):
+        self._records: dict = {}
+
+    def get(self, key: str):
+        return self._records.get(key)
+
+    def put(self, key: str, value: dict) -> None:
+        self._records[key] = value
+
+
+def samples_path(out: Path) -> Path:
+    """The log of every row's samples and verdicts beside ``out``."""
+    return out.with_name(out.name + ".samples.jsonl")
+
+
+def _greedy_overrides(config, extra: dict) -> dict:
+    overrides = {f"{s.name}.temperature": 0.0 for s in config.stages if s.samples == 1}
+    return {**overrides, **extra}
+
+
+def _stage_names(config, stage: str) -> list[str]:
+    names = [s.name for s in config.stages]
+    if stage not in names:
+        raise InputError(f"{config.path}: no stage '{stage}' (stages: {', '.join(names)}); name one with --stage")
+    written = names[: names.index(stage) + 1]  # the stages whose texts the rows hold
+    clash = sorted(set(written) & set(ROW_FIELDS))
+    if clash:
+        raise InputError(f"{config.path}: a stage named '{clash[0]}' would clash with a field of the rows distill "
+                         f"writes ({', '.join(ROW_FIELDS)}); rename the stage")
+    return names
+
+
+class Distiller:
+    """The teacher and judge stacks of one distill run."""
+
+    def __init__(self, stack_file: Path, options: DistillOptions):
+        from fslm_edge.config import load_target_config
+        from fslm_edge.stack import Stack
+
+        if options.keep not in KEEP:
+            raise InputError(f"--keep {options.keep!r}: use one of {', '.join(KEEP)}")
+        self.options = options
+        extra = {"stack.threads": options.threads} if options.threads else {}
+        config = load_target_config(stack_file)
+        self.names = _stage_names(config, options.stage)
+        self.config = load_target_config(stack_file, _greedy_overrides(config, extra))
+        teacher_overrides = dict(extra)
+        if options.teacher is not None:
+            teacher_overrides.update({f"{options.stage}.model": options.teacher, f"{options.stage}.adapter": ""})
+        self.stacks = []
+        try:
+            self.judge = Stack.load(stack_file, _greedy_overrides(config, extra))
+            self.stacks.append(self.judge)
+            if options.teacher is None:
+                self.teacher = self.judge
+            else:
+                self.teacher = Stack.load(stack_file, _greedy_overrides(config, teacher_overrides))
+                self.stacks.append(self.teacher)
+        except BaseException:
+            self.close()
+            raise
+        memo = _MemoryMemo()
+        for stack in self.stacks:
+            stack.generation_memo = memo
+
+    def close(self) -> None:
+        for stack in self.stacks:
+            stack.close()
+
+    def __enter__(self) -> Distiller:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- one row ----------------------------------------------------------------
+    def sample_settings(self, sample: int) -> dict:
+        if sample == 1:
+            return {"temperature": 0.0}
+        return {"temperature": self.options.temperature, "seed": self.options.seed + sample - 1}
+
+    def distil_row(self, task, example) -> dict:
+        """Every sample of one row: the earlier stages' texts, the teacher's text, the judge's verdict."""
+        from fslm_edge.evaluation.harness import decide
+
+        typed = task.generate_input(example)
+        stage = self.options.stage
+
+        def judge(texts: dict) -> tuple[str, bool]:
+            printed = self.judge.run(typed, given=texts).answer
+            return printed, bool(decide(printed, example.choices, example.answer)["correct"])
+
+        samples, upstream = [], {}
+        for number in range(1, self.options.samples + 1):
+            result = self.teacher.run(typed, through=stage, final=self.sample_settings(number))
+            texts = {s.name: s.text for s in result.stages}
+            upstream = {name: text for name, text in texts.items() if name != stage}
+            printed, correct = judge(texts)
+            samples.append({"sample": number, "text": texts[stage], "printed": printed, "correct": correct})
+        _, correct_without = judge({**upstream, stage: ""})
+        return {"task": task.name, "id": example.id, "input": typed, "question": example.question,
+                "choices": list(example.choices), "answer": example.answer, "upstream": upstream,
+                "correct_without": correct_without, "samples": samples}
+
+    def fingerprint(self, runs) -> str:
+        """What decides the samples: a partial file written under other settings is refused."""
+        from fslm_edge.evaluation.harness import stack_definition
+
+        o = self.options
+        stage = self.config.stage(o.stage)
+        files = [m.path for m in self.teacher.models + self.judge.models]
+        files += [s.adapter for s in self.config.stages if s.adapter is not None]
+        parts = [stack_definition(self.config.path), o.stage, str(o.teacher), str(o.samples), repr(o.temperature),
+                 str(o.seed), repr(stage.template)]  # not keep: it only filters what is written
+        # Rows are keyed one by one, so a rerun with another --limit reuses the rows both select.
+        parts += [f"{run.task.name}:{sha256_file(run.path)}" for run in runs]
+        parts += sorted({f"{Path(f).name}:{Path(f).stat().st_size}" for f in files})
+        return fingerprint(*parts)
+
+
+def _kept_rows(stage: str, record: dict, keep: str) -> Iterator[dict]:
+    """The output rows of one row's samples: kept ones, each distinct text once."""
+    seen = set()
+    for sample in record["samples"]:
+        text = sample["text"].strip()
+        wanted = {"all": True, "correct": sample["correct"],
+                  "helpful": sample["correct"] and not record["correct_without"]}[keep]
+        if not text or text in seen or not wanted:
+            continue
+        seen.add(text)
+        row = {k: record[k] for k in ("id", "task", "input", "question", "choices", "answer")}
+        row.update(record["upstream"])
+        row[stage] = text
+        row.update({k: sample[k] for k in ("sample", "printed", "correct")}, correct_without=record["correct_without"])
+        yield row
+
+
+def _read_partial(path: Path, expected: str, resume: bool) -> dict[str, dict]:
+    records = read_records(path)
+    if not records:
+        return {}
+    if not resume:
+        raise InputError(f"{path} holds the samples of an earlier distill run; continue or refilter it with "
+                         "--resume, or delete it to start again")
+    header = records[0]
+    if header.get("fingerprint") != expected:
+        raise InputError(f"{path} was written with other settings, stack or data; rerun with the same ones, "
+                         "or delete it to start again")
+    return {r["key"]: r for r in records[1:] if "key" in r and isinstance(r.get("samples"), list)}
+
+
+def distill(stack_file: Path, out: Path, options: DistillOptions,
+            on_row: Callable[[DistillReport, int], None] | None = None) -> DistillReport:
+    """Run the teacher over the tasks' rows and write the kept rows to ``out``."""
+    from fslm_edge.evaluation.cli import build_runs
+    from fslm_edge.evaluation.harness import example_key
+
+    from .export import manifest_first
+
+    runs = build_runs(list(options.tasks), options.data_dir, None, None, options.split, options.limit,
+                      options.seed if options.limit else None, False)
+    total = sum(len(run.examples) for run in runs)
+    partial = samples_path(out)
+    report = DistillReport()
+    with Distiller(stack_file, options) as distiller:
+        expected = distiller.fingerprint(runs)
+        done = _read_partial(partial, expected, options.resume)
+        if not done:
+            partial.unlink(missing_ok=True)
+            append_record(partial, {"fingerprint": expected})
+        records = []
+        for run in runs:
+            for example in run.examples:
+                key = f"{run.task.name}:{example_key(example)}"
+                record = done.get(key)
+                if record is None:
+                    record = {"key": key, **distiller.distil_row(run.task, example)}
+                    append_record(partial, record)
+                else:
+                    report.resumed += 1
+                records.append(record)
+                _count(report, record, options.keep)
+                if on_row is not None:
+                    on_row(report, total)
+        info = _manifest(stack_file, distiller, options, runs, report)
+    rows = [row for record in records for row in _kept_rows(options.stage, record, options.keep)]
+    report.kept = len(rows)
+    info["counts"]["kept"] = report.kept
+    with atomic_output(out, "w", before_commit=manifest_first(out, info)) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return report
+
+
+def _count(report: DistillReport, record: dict, keep: str) -> None:
+    report.rows += 1
+    report.samples += len(record["samples"])
+    good = sum(1 for s in record["samples"] if s["correct"])
+    report.correct += good
+    report.correct_without += record["correct_without"]
+    task = report.per_task.setdefault(record["task"], {"rows": 0, "any_correct": 0, "correct_without": 0})
+    task["rows"] += 1
+    task["any_correct"] += bool(good)
+    task["correct_without"] += record["correct_without"]
+
+
+def _manifest(stack_file: Path, distiller: Distiller, options: DistillOptions, runs, report: DistillReport) -> dict:
+    stage = distiller.config.stage(options.stage)
+    teacher_stage = distiller.teacher.config.stage(options.stage)
+    teacher_model = distiller.teacher.stage_model(options.stage)
+    adapter = teacher_stage.adapter
+    return {
+        "kind": "distilled-stage-data",
+        "stack": {"file": Path(stack_file).name, "sha256": sha256_file(stack_file)},
+        "stage": options.stage,
+        "template": stage.template,
+        "system": stage.system,
+        "teacher": {"model": options.teacher or stage.model, "file": Path(teacher_model.path).name,
+                    "sha256": sha256_file(teacher_model.path), "adapter": adapter.name if adapter else None,
+                    "adapter_sha256": sha256_file(adapter) if adapter else None},
+        "settings": {"samples": options.samples, "temperature": options.temperature, "seed": options.seed,
+                     "keep": options.keep, "split": options.split, "limit": options.limit,
+                     "first_sample": "temperature 0", "earlier_stages": "temperature 0"},
+        "data": {run.path.name: sha256_file(run.path) for run in runs},
+        "counts": {"rows": report.rows, "samples": report.samples, "correct": report.correct,
+                   "correct_without": report.correct_without,
+                   "per_task": report.per_task},
+    }
