@@ -182,11 +182,11 @@ class Distiller:
         stage = self.config.stage(o.stage)
         files = [m.path for m in self.teacher.models + self.judge.models]
         files += [s.adapter for s in self.config.stages if s.adapter is not None]
-        parts = [stack_definition(self.config.path), o.stage, str(o.teacher), str(o.samples), repr(o.temperature),
-                 str(o.seed), repr(stage.template)]  # not keep: it only filters what is written
+        parts = [stack_definition(self.config.path), repr(self.config.stages), o.stage, str(o.teacher),
+                 str(o.samples), repr(o.temperature), str(o.seed)]  # not keep: it only filters what is written
         # Rows are keyed one by one, so a rerun with another --limit reuses the rows both select.
         parts += [f"{run.task.name}:{sha256_file(run.path)}" for run in runs]
-        parts += sorted({f"{Path(f).name}:{Path(f).stat().st_size}" for f in files})
+        parts += sorted({f"{Path(f).name}:{sha256_file(f)}" for f in files})
         return fingerprint(*parts)
 
 
@@ -283,7 +283,8 @@ def _manifest(stack_file: Path, distiller: Distiller, options: DistillOptions, r
     adapter = teacher_stage.adapter
     return {
         "kind": "distilled-stage-data",
-        "stack": {"file": Path(stack_file).name, "sha256": sha256_file(stack_file)},
+        "stack": {"file": distiller.config.path.name, "sha256": sha256_file(distiller.config.path),
+                  "ref": str(stack_file)},
         "stage": options.stage,
         "template": stage.template,
         "system": stage.system,

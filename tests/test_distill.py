@@ -179,3 +179,17 @@ def test_recipe_files_are_taken_from_the_first_data_dir_that_has_them(tmp_path):
     assert find_data_file("y.jsonl", [first, second], "s") == first / "y.jsonl"
     with pytest.raises(DatasetError, match="z.jsonl in"):
         find_data_file("z.jsonl", [first, second], "s")
+
+
+def test_a_stack_with_settings_is_its_own_teacher(make_stack, data_dir, tmp_path):
+    """``'stack.toml[hint.max_tokens=3]'``: the settings decide the texts and are in the manifest."""
+    stack_file, out = make_stack(STACK), tmp_path / "short.jsonl"
+    ref = f"{stack_file}[hint.max_tokens=3]"
+    distill(ref, out, options(data_dir, samples=1, keep="all"))
+    manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text())
+    assert manifest["stack"]["ref"] == ref and manifest["stack"]["file"] == stack_file.name
+    with Stack.load(ref, {"stack.threads": 1}) as short:
+        for row in read(out):
+            assert row["hint"] == short.run(row["input"], through="hint").answer
+    with pytest.raises(InputError, match="other settings"):  # the plain stack is another teacher
+        distill(stack_file, out, options(data_dir, samples=1, keep="all", resume=True))
