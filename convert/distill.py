@@ -179,7 +179,6 @@ class Distiller:
         from fslm_edge.evaluation.harness import stack_definition
 
         o = self.options
-        stage = self.config.stage(o.stage)
         files = [m.path for m in self.teacher.models + self.judge.models]
         files += [s.adapter for s in self.config.stages if s.adapter is not None]
         parts = [stack_definition(self.config.path), repr(self.config.stages), o.stage, str(o.teacher),
