@@ -4,7 +4,8 @@
         [--servers workers=1,workers=2,parallel=4] [--no-overhead]
 
 1. throughput: requests/s and p50/p95 latency for 1, 2, 4 and 8 concurrent
-   clients (plain HTTP, ``stream: false``), for each server in ``--servers``:
+   clients (plain HTTP, ``stream: false``; with ``--parallel``, "rows" is the
+   mean number of requests one llama.cpp decode held), for each server in ``--servers``:
    ``workers=1`` (llama.cpp's default threads), ``workers=2`` (one thread
    each), ``parallel=4`` (four requests at once decoded together in one batch,
    on the default threads; ``parallel=4:stack.threads=2`` on two), each in a
@@ -93,6 +94,11 @@ class Server:
             raise SystemExit(f"request failed: {response.status} {answer}")
         return seconds, answer["usage"]["completion_tokens"]
 
+    def decodes(self) -> tuple[int, int]:
+        """``--parallel``: llama.cpp decodes so far and the sequences they held (else zeros)."""
+        health = self.get("/health")["models"][self.model]
+        return health.get("decodes", 0), health.get("decoded_rows", 0)
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(60)
@@ -105,14 +111,18 @@ def percentile(values: list[float], q: float) -> float:
 
 def load_level(server: Server, clients: int, requests: int) -> dict:
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(requests)]
+    before = server.decodes()
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(server.ask, questions))
     wall = time.perf_counter() - started
+    after = server.decodes()
     latencies = [seconds for seconds, _ in results]
+    steps = after[0] - before[0]
     return {"clients": clients, "requests": requests, "req_s": requests / wall,
             "p50_s": statistics.median(latencies), "p95_s": percentile(latencies, 0.95),
-            "tokens_s": sum(tokens for _, tokens in results) / wall}
+            "tokens_s": sum(tokens for _, tokens in results) / wall,
+            "rows_per_decode": (after[1] - before[1]) / steps if steps else None}
 
 
 def throughput(stack: str, how: str, levels: list[int], requests: int, sets: list[str]) -> list[dict]:
@@ -172,13 +182,14 @@ def main() -> None:
     print(f"stack {args.stack}, {args.requests} requests per level, settings {args.sets or 'as shipped'}; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
     width = max(len(h) for h in args.servers.split(","))
-    print(f"{'server':>{width}} {'clients':>7} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'tok/s':>7}")
+    print(f"{'server':>{width}} {'clients':>7} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'tok/s':>7} {'rows':>5}")
     servers = args.servers.split(",")
     for how in servers:
         table[how] = throughput(args.stack, how, levels, args.requests, args.sets)
         for row in table[how]:
+            rows = "-" if row["rows_per_decode"] is None else f"{row['rows_per_decode']:.2f}"
             print(f"{how:>{width}} {row['clients']:>7} {row['req_s']:>7.2f} {row['p50_s']:>7.2f} {row['p95_s']:>7.2f} "
-                  f"{row['tokens_s']:>7.1f}", flush=True)
+                  f"{row['tokens_s']:>7.1f} {rows:>5}", flush=True)
     base = servers[0]
     one_client = next(r for r in table[base] if r["clients"] == 1)["req_s"]
     for how, rows in table.items():

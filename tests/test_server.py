@@ -354,7 +354,9 @@ def test_parallel_requests_share_decodes_and_answer_as_one_at_a_time(tmp_path_fa
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(ask, questions))
         assert answers == expected
-        assert running.health()["models"]["smollm2-f16"]["largest_batch"] >= 2
+        health = running.health()["models"]["smollm2-f16"]
+        assert health["largest_batch"] >= 2
+        assert health["decoded_rows"] > health["decodes"] > 0  # decodes held several requests on average
     finally:
         running.stop()
     assert running.proc.returncode == 0, "".join(running.log)

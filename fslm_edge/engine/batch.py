@@ -110,6 +110,7 @@ class BatchedDecoder:
         self._closing = False
         self.steps = 0  # decodes made (for tests and benchmarks)
         self.max_rows = 0  # the most sequences one decode held
+        self.rows = 0  # sequences sampled, summed over decodes (rows / steps: how full a decode is)
         self._thread = threading.Thread(target=self._schedule, name="fslm-edge batch decoder", daemon=True)
         self._thread.start()
 
@@ -288,6 +289,7 @@ class BatchedDecoder:
         batch.n_tokens = n
         status = llama_cpp.llama_decode(self._ctx, batch)
         self.steps += 1
+        self.rows += len(rows)
         self.max_rows = max(self.max_rows, len(rows))
         if status != 0:
             failure = RuntimeFailure(f"llama.cpp could not decode on {self.model.path.name} (status {status})")

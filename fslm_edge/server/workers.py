@@ -124,8 +124,11 @@ class ModelWorkers:
 
     def status(self) -> dict:
         batched = {}
-        if self.decoders is not None:  # the most sequences one llama.cpp decode held so far
-            batched["largest_batch"] = max((d.max_rows for d in self.decoders.decoders), default=0)
+        if self.decoders is not None:  # how full llama.cpp's decodes have been so far
+            decoders = self.decoders.decoders
+            batched["largest_batch"] = max((d.max_rows for d in decoders), default=0)
+            batched["decodes"] = sum(d.steps for d in decoders)
+            batched["decoded_rows"] = sum(d.rows for d in decoders)
         return {"workers": self.slots.size, "busy": self.slots.busy, "waiting": self.slots.waiting,
                 "max_waiting": self.slots.max_waiting, "batched": self.decoders is not None, **batched,
                 **self.counters.__dict__}
