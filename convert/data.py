@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fslm_edge.config import StageConfig
+from fslm_edge.config import INPUT_FIELDS, StageConfig
 from fslm_edge.errors import DatasetError, InputError
 from fslm_edge.formats import continuation, derived_field
 from fslm_edge.fileio import read_jsonl, sha256_file
@@ -103,7 +103,10 @@ def field_text(row: dict, key: str, where: str) -> str:
 
 def check_fields(stage: StageConfig, recipe: TrainRecipe) -> None:
     for index, source in enumerate(recipe.data):
-        missing = [f for f in stage.fields if f not in source.field_map]
+        mapped = set(source.field_map)
+        if "input" in mapped:  # {question} and {options} come from the input, as at run time
+            mapped |= set(INPUT_FIELDS)
+        missing = [f for f in stage.fields if f not in mapped]
         if missing:
             raise InputError(f"stage '{stage.name}': data[{index}] ({source.file}) maps no row field to template "
                              f"field(s) {', '.join('{' + m + '}' for m in missing)}; add them to fields = {{...}}")

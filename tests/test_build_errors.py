@@ -94,6 +94,17 @@ data = [{DATA}]
         _build(stack, _options(tmp_path, stage="b"))
 
 
+def test_question_and_options_come_from_the_input(tiny, tmp_path):
+    """A template that reads {question} (the input without its lettered options) trains on rows that map
+    only {input}: the fields are derived from it as at run time."""
+    write_jsonl(tmp_path / "qa.jsonl", QA_ROWS)
+    text = write_stack(tmp_path, tiny, DATA).read_text()
+    assert 'template = "Question: {input}"' in text
+    (tmp_path / "s.toml").write_text(text.replace("{input}", "{question}"))
+    [built] = _build(tmp_path / "s.toml", _options(tmp_path, max_steps=1))
+    assert built.adapter.exists()
+
+
 def test_mixture_weights_fields_lists_and_few_shot(tiny, tmp_path):
     write_jsonl(tmp_path / "a.jsonl", QA_ROWS[:20])
     write_jsonl(tmp_path / "b.jsonl", [{"q": f"Say {i}", "facts": [f"fact {i}", "second"]} for i in range(20)])
