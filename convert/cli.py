@@ -165,10 +165,12 @@ def _base_info(base: Path, adapter, kind: str) -> dict:
 @click.option("--limit", type=click.IntRange(min=1), help="A seeded sample of N rows per task.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Row sample and sampling seed.")
 @click.option("--threads", type=click.IntRange(min=1), help="llama.cpp threads (default: the stack's).")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.samples.jsonl (or filter a "
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its samples log (or filter a "
               "finished one again with another --keep).")
+@click.option("--samples-log", help="The log of every row's samples and verdicts (default: OUT.samples.jsonl); "
+              "with --resume, another run's log filtered into OUT.")
 def distill(stack_file, stage_name, tasks, data_dir, split, out_path, teacher, samples, temperature, keep, limit,
-            seed, threads, resume):
+            seed, threads, resume, samples_log):
     """Write training text for one stage of STACK: its teacher's text for each
     task row, given what the earlier stages say, kept where it leads the stack
     to the gold answer (--keep correct). A [stage.train] recipe names OUT as a
@@ -179,7 +181,7 @@ def distill(stack_file, stage_name, tasks, data_dir, split, out_path, teacher, s
 
     out = output_file(out_path)
     options = DistillOptions(stage_name, tuple(tasks), Path(data_dir), split, teacher, samples, temperature, seed,
-                             keep, limit, threads, resume)
+                             keep, limit, threads, resume, Path(samples_log) if samples_log else None)
 
     def progress(report, total):
         if report.rows % 10 == 0 or report.rows == total:

@@ -15,7 +15,8 @@ generate-mode matcher decides. ``keep = "helpful"`` keeps, of those, the ones
 on rows where the rest of the stack given an empty text for the stage does
 not print it: texts that made the answer right. ``keep = "all"`` keeps every
 sample. Both verdicts are recorded whatever ``keep`` is, so ``--resume`` with
-another ``--keep`` filters a finished run's samples again, generating nothing.
+another ``--keep`` (and ``--samples-log`` naming the first run's log, to write
+another file) filters a finished run's samples again, generating nothing.
 
 Each row's samples and verdicts are appended to ``OUT.samples.jsonl`` as
 they are done, so an interrupted run continues with ``--resume``; the kept
@@ -26,6 +27,7 @@ prompt, settings, data hashes, counts). A recipe names ``OUT`` as a data file
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,6 +55,7 @@ class DistillOptions:
     limit: int | None = None
     threads: int | None = None
     resume: bool = False
+    samples_log: Path | None = None  # default: OUT.samples.jsonl
 
 
 @dataclass
@@ -175,14 +178,16 @@ class Distiller:
                 "correct_without": correct_without, "samples": samples}
 
     def fingerprint(self, runs) -> str:
-        """What decides the samples: a partial file written under other settings is refused."""
-        from fslm_edge.evaluation.harness import stack_definition
-
+        """What decides the samples (a log written under others is refused): the
+        stages as loaded (templates, sampling, the model and adapter files'
+        hashes), not the stack file's text, so any file whose stages are these
+        continues the same log."""
         o = self.options
         files = [m.path for m in self.teacher.models + self.judge.models]
         files += [s.adapter for s in self.config.stages if s.adapter is not None]
-        parts = [stack_definition(self.config.path), repr(self.config.stages), o.stage, str(o.teacher),
-                 str(o.samples), repr(o.temperature), str(o.seed)]  # not keep: it only filters what is written
+        stages = [dataclasses.replace(s, source="", train=None) for s in self.config.stages]
+        parts = [repr(stages), str(self.config.context_size), o.stage, str(o.teacher), str(o.samples),
+                 repr(o.temperature), str(o.seed)]  # not keep: it only filters what is written
         # Rows are keyed one by one, so a rerun with another --limit reuses the rows both select.
         parts += [f"{run.task.name}:{sha256_file(run.path)}" for run in runs]
         parts += sorted({f"{Path(f).name}:{sha256_file(f)}" for f in files})
@@ -231,7 +236,7 @@ def distill(stack_file: Path, out: Path, options: DistillOptions,
     runs = build_runs(list(options.tasks), options.data_dir, None, None, options.split, options.limit,
                       options.seed if options.limit else None, False)
     total = sum(len(run.examples) for run in runs)
-    partial = samples_path(out)
+    partial = Path(options.samples_log) if options.samples_log else samples_path(out)
     report = DistillReport()
     with Distiller(stack_file, options) as distiller:
         expected = distiller.fingerprint(runs)

@@ -120,6 +120,12 @@ def test_distill_keeps_texts_that_lead_to_the_gold_answer(make_stack, data_dir, 
     kept = read(out)
     assert all(r["correct"] for r in kept)
     assert len(kept) == len({(r["id"], r["hint"]) for r in rows if r["correct"]})
+    # another file from the same log: only where the text made the answer right
+    helpful = tmp_path / "helpful.jsonl"
+    distill(stack_file, helpful, options(data_dir, tasks=("arc_easy", "strategyqa"), keep="helpful", resume=True,
+                                         samples_log=samples_path(out)))
+    assert read(helpful) == [r for r in kept if not r["correct_without"]]
+    assert not samples_path(helpful).exists()
 
 
 def test_an_interrupted_distill_resumes_and_leaves_no_output(make_stack, data_dir, tmp_path):
