@@ -180,12 +180,14 @@ class Distiller:
     def fingerprint(self, runs) -> str:
         """What decides the samples (a log written under others is refused): the
         stages as loaded (templates, sampling, the model and adapter files'
-        hashes), not the stack file's text, so any file whose stages are these
-        continues the same log."""
+        hashes), not the stack file's text or where it is, so any file whose
+        stages are these continues the same log."""
         o = self.options
         files = [m.path for m in self.teacher.models + self.judge.models]
         files += [s.adapter for s in self.config.stages if s.adapter is not None]
-        stages = [dataclasses.replace(s, source="", train=None) for s in self.config.stages]
+        stages = [dataclasses.replace(s, source="", train=None, grammar_file=None,  # the grammar's text stays
+                                      adapter=sha256_file(s.adapter) if s.adapter else None)
+                  for s in self.config.stages]
         parts = [repr(stages), str(self.config.context_size), o.stage, str(o.teacher), str(o.samples),
                  repr(o.temperature), str(o.seed)]  # not keep: it only filters what is written
         # Rows are keyed one by one, so a rerun with another --limit reuses the rows both select.
