@@ -148,8 +148,9 @@ def _base_info(base: Path, adapter, kind: str) -> dict:
 @click.command()
 @click.argument("stack_file", metavar="STACK")
 @click.option("--stage", "stage_name", required=True, help="The stage whose text the teacher writes.")
-@click.option("--task", "tasks", multiple=True, required=True,
-              help="A task whose rows are the inputs (repeatable): arc_easy, commonsenseqa, strategyqa...")
+@click.option("--task", "tasks", multiple=True,
+              help="A task whose rows are the inputs (repeatable): arc_easy, commonsenseqa, strategyqa... "
+              "Without: the inputs the stage's own [stage.train] recipe trains on.")
 @click.option("--data-dir", required=True, help="Folder of the <task>_<split>.jsonl files.")
 @click.option("--split", default="train", show_default=True, help="Which split's rows.")
 @click.option("--out", "out_path", required=True, help="The JSONL file to write (with OUT.manifest.json).")
@@ -159,10 +160,11 @@ def _base_info(base: Path, adapter, kind: str) -> dict:
               help="Texts per row: the first greedy, the others sampled.")
 @click.option("--temperature", type=click.FloatRange(0, 100), default=0.7, show_default=True,
               help="Temperature of samples 2 and later.")
-@click.option("--keep", type=click.Choice(["correct", "helpful", "all"]), default="correct", show_default=True,
-              help="correct: only texts that lead the rest of the stack to the gold answer (STaR's filter); "
-              "helpful: of those, only on rows it answers wrongly with the stage's text empty.")
-@click.option("--limit", type=click.IntRange(min=1), help="A seeded sample of N rows per task.")
+@click.option("--keep", type=click.Choice(["correct", "helpful", "all"]),
+              help="correct (the default with --task): only texts that lead the rest of the stack to the gold "
+              "answer (STaR's filter); helpful: of those, only on rows it answers wrongly with the stage's text "
+              "empty; all (the default without --task).")
+@click.option("--limit", type=click.IntRange(min=1), help="A seeded sample of N rows per task (or data file).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Row sample and sampling seed.")
 @click.option("--threads", type=click.IntRange(min=1), help="llama.cpp threads (default: the stack's).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its samples log (or filter a "
@@ -180,6 +182,7 @@ def distill(stack_file, stage_name, tasks, data_dir, split, out_path, teacher, s
     from .distill import DistillOptions, distill as run_distill
 
     out = output_file(out_path)
+    keep = keep or ("correct" if tasks else "all")
     options = DistillOptions(stage_name, tuple(tasks), Path(data_dir), split, teacher, samples, temperature, seed,
                              keep, limit, threads, resume, Path(samples_log) if samples_log else None)
 

@@ -2,9 +2,11 @@
 
 For every row of the named tasks (their train split by default), the question
 is typed as generate mode types it (``Task.generate_input``: options as
-lettered lines), the stack's stages before STAGE run as ``fslm-edge run``
-runs them (temperature 0), and a teacher writes STAGE's text ``samples``
-times: sample 1 greedily, the others sampled at ``temperature`` with seeds
+lettered lines); without tasks, the rows are the inputs STAGE's own
+``[stage.train]`` recipe trains on (each data file's field mapped to
+``{input}``; no gold answer, so every text is kept). The stack's stages
+before STAGE run as ``fslm-edge run`` runs them (temperature 0), and a
+teacher writes STAGE's text ``samples`` times: sample 1 greedily, the others sampled at ``temperature`` with seeds
 ``seed + 1``, ``seed + 2``... The teacher is the stage itself (its model and
 adapter) unless another model is named (the FSLM paper's distillation from a
 stronger model).
@@ -83,6 +85,60 @@ class _MemoryMemo:
         self._records[key] = value
 
 
+@dataclass(frozen=True)
+class DistillInput:
+    """One row to distil: the stack's input, and the gold answer where the row has one."""
+
+    key: str  # what the samples log knows it by
+    group: str  # the task, or the recipe's data file
+    text: str  # the stack's input
+    meta: dict | None = None  # id, question, choices, answer (a task row); None: no gold answer
+    row_id: str = ""
+
+
+def task_inputs(options: DistillOptions) -> tuple[list[DistillInput], dict[str, Path]]:
+    """The named tasks' rows, typed as generate mode types them."""
+    from fslm_edge.evaluation.cli import build_runs
+    from fslm_edge.evaluation.harness import example_key
+
+    runs = build_runs(list(options.tasks), options.data_dir, None, None, options.split, options.limit,
+                      options.seed if options.limit else None, False)
+    inputs = [DistillInput(f"{run.task.name}:{example_key(e)}", run.task.name, run.task.generate_input(e),
+                           {"id": e.id, "question": e.question, "choices": list(e.choices), "answer": e.answer},
+                           e.id)
+              for run in runs for e in run.examples]
+    return inputs, {run.task.name: run.path for run in runs}
+
+
+def recipe_inputs(config, options: DistillOptions) -> tuple[list[DistillInput], dict[str, Path]]:
+    """The inputs the stage's own ``[stage.train]`` recipe trains on: each data
+    file's row field mapped to ``{input}`` (a seeded sample of ``limit`` per file)."""
+    import random
+
+    from .data import field_text, find_data_file, iter_rows
+
+    stage = config.stage(options.stage)
+    if stage.train is None:
+        raise InputError(f"stage '{stage.name}' has no [stage.train] recipe to take inputs from; name the rows "
+                         "with --task")
+    inputs, files = [], {}
+    for source in stage.train.data:
+        key = source.field_map.get("input")
+        if key is None or key == "@model":
+            raise InputError(f"stage '{stage.name}': data file {source.file} maps no row field to {{input}}; "
+                             "name the rows with --task")
+        path = find_data_file(source.file, options.data_dir, stage.name)
+        files[source.file] = path
+        rows = list(iter_rows(path))
+        if options.limit is not None and options.limit < len(rows):
+            rows = [rows[i] for i in sorted(random.Random(options.seed).sample(range(len(rows)), options.limit))]
+        for number, row in rows:
+            text = field_text(row, key, f"{path}:{number}").strip()
+            inputs.append(DistillInput(f"{source.file}:{fingerprint(text)}", source.file, text,
+                                       row_id=str(row.get("id", f"{source.file}:{number}"))))
+    return inputs, files
+
+
 def samples_path(out: Path) -> Path:
     """The log of every row's samples and verdicts beside ``out``."""
     return out.with_name(out.name + ".samples.jsonl")
@@ -154,30 +210,30 @@ class Distiller:
             return {"temperature": 0.0}
         return {"temperature": self.options.temperature, "seed": self.options.seed + sample - 1}
 
-    def distil_row(self, task, example) -> dict:
-        """Every sample of one row: the earlier stages' texts, the teacher's text, the judge's verdict."""
+    def distil_row(self, row: DistillInput) -> dict:
+        """Every sample of one row: the earlier stages' texts, the teacher's text
+        and, where the row has a gold answer, the judge's verdicts."""
         from fslm_edge.evaluation.harness import decide
 
-        typed = task.generate_input(example)
-        stage = self.options.stage
+        stage, gold = self.options.stage, row.meta
 
-        def judge(texts: dict) -> tuple[str, bool]:
-            printed = self.judge.run(typed, given=texts).answer
-            return printed, bool(decide(printed, example.choices, example.answer)["correct"])
+        def judge(texts: dict) -> dict:
+            printed = self.judge.run(row.text, given=texts).answer
+            return {"printed": printed, "correct": bool(decide(printed, gold["choices"], gold["answer"])["correct"])}
 
         samples, upstream = [], {}
         for number in range(1, self.options.samples + 1):
-            result = self.teacher.run(typed, through=stage, final=self.sample_settings(number))
+            result = self.teacher.run(row.text, through=stage, final=self.sample_settings(number))
             texts = {s.name: s.text for s in result.stages}
             upstream = {name: text for name, text in texts.items() if name != stage}
-            printed, correct = judge(texts)
-            samples.append({"sample": number, "text": texts[stage], "printed": printed, "correct": correct})
-        _, correct_without = judge({**upstream, stage: ""})
-        return {"task": task.name, "id": example.id, "input": typed, "question": example.question,
-                "choices": list(example.choices), "answer": example.answer, "upstream": upstream,
-                "correct_without": correct_without, "samples": samples}
+            samples.append({"sample": number, "text": texts[stage], **(judge(texts) if gold else {})})
+        record = {"task": row.group, "id": row.row_id, "input": row.text, **(gold or {}), "upstream": upstream,
+                  "samples": samples}
+        if gold:
+            record["correct_without"] = judge({**upstream, stage: ""})["correct"]
+        return record
 
-    def fingerprint(self, runs) -> str:
+    def fingerprint(self, data_files: dict[str, Path]) -> str:
         """What decides the samples (a log written under others is refused): the
         stages as loaded (templates, sampling, the model and adapter files'
         hashes), not the stack file's text or where it is, so any file whose
@@ -191,7 +247,7 @@ class Distiller:
         parts = [repr(stages), str(self.config.context_size), o.stage, str(o.teacher), str(o.samples),
                  repr(o.temperature), str(o.seed)]  # not keep: it only filters what is written
         # Rows are keyed one by one, so a rerun with another --limit reuses the rows both select.
-        parts += [f"{run.task.name}:{sha256_file(run.path)}" for run in runs]
+        parts += [f"{name}:{sha256_file(path)}" for name, path in data_files.items()]
         parts += sorted({f"{Path(f).name}:{sha256_file(f)}" for f in files})
         return fingerprint(*parts)
 
@@ -201,15 +257,17 @@ def _kept_rows(stage: str, record: dict, keep: str) -> Iterator[dict]:
     seen = set()
     for sample in record["samples"]:
         text = sample["text"].strip()
-        wanted = {"all": True, "correct": sample["correct"],
-                  "helpful": sample["correct"] and not record["correct_without"]}[keep]
+        wanted = {"all": True, "correct": sample.get("correct"),
+                  "helpful": sample.get("correct") and not record.get("correct_without")}[keep]
         if not text or text in seen or not wanted:
             continue
         seen.add(text)
-        row = {k: record[k] for k in ("id", "task", "input", "question", "choices", "answer")}
+        row = {k: record[k] for k in ("id", "task", "input", "question", "choices", "answer") if k in record}
         row.update(record["upstream"])
         row[stage] = text
-        row.update({k: sample[k] for k in ("sample", "printed", "correct")}, correct_without=record["correct_without"])
+        row.update({k: sample[k] for k in ("sample", "printed", "correct") if k in sample})
+        if "correct_without" in record:
+            row["correct_without"] = record["correct_without"]
         yield row
 
 
@@ -229,38 +287,38 @@ def _read_partial(path: Path, expected: str, resume: bool) -> dict[str, dict]:
 
 def distill(stack_file: Path, out: Path, options: DistillOptions,
             on_row: Callable[[DistillReport, int], None] | None = None) -> DistillReport:
-    """Run the teacher over the tasks' rows and write the kept rows to ``out``."""
-    from fslm_edge.evaluation.cli import build_runs
-    from fslm_edge.evaluation.harness import example_key
-
+    """Run the teacher over the rows (the named tasks', else the stage's own
+    recipe inputs) and write the kept rows to ``out``."""
     from .export import manifest_first
 
-    runs = build_runs(list(options.tasks), options.data_dir, None, None, options.split, options.limit,
-                      options.seed if options.limit else None, False)
-    total = sum(len(run.examples) for run in runs)
     partial = Path(options.samples_log) if options.samples_log else samples_path(out)
     report = DistillReport()
     with Distiller(stack_file, options) as distiller:
-        expected = distiller.fingerprint(runs)
+        if options.tasks:
+            inputs, files = task_inputs(options)
+        else:
+            if options.keep != "all":
+                raise InputError(f"--keep {options.keep} judges each text against a gold answer: name the rows "
+                                 "with --task, or use --keep all for the stage's own recipe inputs")
+            inputs, files = recipe_inputs(distiller.config, options)
+        expected = distiller.fingerprint(files)
         done = _read_partial(partial, expected, options.resume)
         if not done:
             partial.unlink(missing_ok=True)
             append_record(partial, {"fingerprint": expected})
         records = []
-        for run in runs:
-            for example in run.examples:
-                key = f"{run.task.name}:{example_key(example)}"
-                record = done.get(key)
-                if record is None:
-                    record = {"key": key, **distiller.distil_row(run.task, example)}
-                    append_record(partial, record)
-                else:
-                    report.resumed += 1
-                records.append(record)
-                _count(report, record, options.keep)
-                if on_row is not None:
-                    on_row(report, total)
-        info = _manifest(stack_file, distiller, options, runs, report)
+        for row in inputs:
+            record = done.get(row.key)
+            if record is None:
+                record = {"key": row.key, **distiller.distil_row(row)}
+                append_record(partial, record)
+            else:
+                report.resumed += 1
+            records.append(record)
+            _count(report, record)
+            if on_row is not None:
+                on_row(report, len(inputs))
+        info = _manifest(distiller, options, files, report, stack_file)
     rows = [row for record in records for row in _kept_rows(options.stage, record, options.keep)]
     report.kept = len(rows)
     info["counts"]["kept"] = report.kept
@@ -270,19 +328,21 @@ def distill(stack_file: Path, out: Path, options: DistillOptions,
     return report
 
 
-def _count(report: DistillReport, record: dict, keep: str) -> None:
+def _count(report: DistillReport, record: dict) -> None:
     report.rows += 1
     report.samples += len(record["samples"])
-    good = sum(1 for s in record["samples"] if s["correct"])
+    good = sum(1 for s in record["samples"] if s.get("correct"))
     report.correct += good
-    report.correct_without += record["correct_without"]
+    without = bool(record.get("correct_without"))
+    report.correct_without += without
     task = report.per_task.setdefault(record["task"], {"rows": 0, "any_correct": 0, "correct_without": 0})
     task["rows"] += 1
     task["any_correct"] += bool(good)
-    task["correct_without"] += record["correct_without"]
+    task["correct_without"] += without
 
 
-def _manifest(stack_file: Path, distiller: Distiller, options: DistillOptions, runs, report: DistillReport) -> dict:
+def _manifest(distiller: Distiller, options: DistillOptions, files: dict[str, Path], report: DistillReport,
+              stack_file) -> dict:
     stage = distiller.config.stage(options.stage)
     teacher_stage = distiller.teacher.config.stage(options.stage)
     teacher_model = distiller.teacher.stage_model(options.stage)
@@ -300,7 +360,8 @@ def _manifest(stack_file: Path, distiller: Distiller, options: DistillOptions, r
         "settings": {"samples": options.samples, "temperature": options.temperature, "seed": options.seed,
                      "keep": options.keep, "split": options.split, "limit": options.limit,
                      "first_sample": "temperature 0", "earlier_stages": "temperature 0"},
-        "data": {run.path.name: sha256_file(run.path) for run in runs},
+        "data": {path.name: sha256_file(path) for path in files.values()},
+        "inputs": "tasks" if options.tasks else "the stage's recipe",
         "counts": {"rows": report.rows, "samples": report.samples, "correct": report.correct,
                    "correct_without": report.correct_without,
                    "per_task": report.per_task},

@@ -126,3 +126,37 @@ def test_union_adapter_has_every_stages_data_and_their_steps(tiny, tmp_path):
     with Stack.load(stack_path, {"*.adapter": str(union.adapter)}) as stack:
         result = stack.run("What is 2 plus 3?")
     assert [s.name for s in result.stages] == ["recall", "answer"]
+
+
+def test_a_recipe_trains_on_what_distill_wrote(tiny, tmp_path):
+    """``fslm-edge distill`` writes a stage's text for each row; a later recipe names that file (found in a
+    second --data-dir) and the stage is trained on exactly those texts."""
+    import json
+
+    from fslm_edge.convert.build import BuildOptions, build_stack
+    from fslm_edge.convert.data import GGUFTokenizer, load_stage_data
+    from fslm_edge.convert.distill import DistillOptions, distill
+    from fslm_edge.config import load_stack_config
+
+    data, distilled = tmp_path / "data", tmp_path / "distilled"
+    data.mkdir()
+    distilled.mkdir()
+    write_jsonl(data / "qa.jsonl", QA_ROWS[:6])
+    stack_path = _two_stage_stack(tmp_path, tiny)
+    out = distilled / "recall.jsonl"
+    distill(stack_path, out, DistillOptions("recall", (), data, keep="all", threads=1))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and all(set(r) >= {"input", "recall", "sample"} for r in rows)
+    text = stack_path.read_text().replace(
+        '{ file = "qa.jsonl", target = "facts", fields = { input = "question" } }',
+        '{ file = "recall.jsonl", target = "recall", fields = { input = "input" } }')
+    stack_path.write_text(text)
+    config = load_stack_config(stack_path)
+    with GGUFTokenizer(tiny) as tokenizer:
+        stage_data = load_stage_data(config.stage("recall"), [data, distilled], tokenizer)
+        targets = {tuple(e.ids[e.n_prompt:-1]) for e in stage_data.train + stage_data.val}
+        assert targets <= {tuple(tokenizer.text_ids(r["recall"])) for r in rows}
+    options = BuildOptions(data_dir=(data, distilled), out_dir=tmp_path / "out", progress=False, max_steps=1,
+                           stage="recall")
+    [built] = list(build_stack(stack_path, options))
+    assert built.adapter.exists()

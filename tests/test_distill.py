@@ -199,3 +199,36 @@ def test_a_stack_with_settings_is_its_own_teacher(make_stack, data_dir, tmp_path
             assert row["hint"] == short.run(row["input"], through="hint").answer
     with pytest.raises(InputError, match="other settings"):  # the plain stack is another teacher
         distill(stack_file, out, options(data_dir, samples=1, keep="all", resume=True))
+
+
+def test_without_tasks_the_teacher_writes_for_the_stages_own_recipe_inputs(make_stack, tmp_path):
+    """The FSLM paper's distillation: a teacher writes the stage's text for the inputs its recipe trains
+    on; every text is kept (there is no gold answer to judge it by), and a recipe reads the file back."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"id": f"t{i}", "instruction": topic, "output": "x"} for i, topic in enumerate(["cats", "rain", "tea"])]
+    (data / "topics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    body = STACK.replace('''max_tokens = 8
+temperature = 0.0
+''', '''max_tokens = 8
+temperature = 0.0
+
+[stage.train]
+data = [{ file = "topics.jsonl", target = "output", fields = { input = "instruction" } }]
+''', 1)
+    stack_file, out = make_stack(body), tmp_path / "hints.jsonl"
+    with pytest.raises(InputError, match="--keep correct judges"):
+        distill(stack_file, out, options(data, tasks=(), samples=1))
+    report = distill(stack_file, out, options(data, tasks=(), samples=1, keep="all", limit=2))
+    assert report.rows == 2
+    got = read(out)
+    assert [r["task"] for r in got] == ["topics.jsonl"] * 2 and {r["input"] for r in got} < {"cats", "rain", "tea"}
+    assert all("correct" not in r for r in got)
+    with Stack.load(stack_file, {"stack.threads": 1}) as stack:
+        for row in got:
+            assert row["hint"] == stack.run(row["input"], through="hint").answer
+    manifest = json.loads(out.with_name(out.name + ".manifest.json").read_text())
+    assert manifest["inputs"] == "the stage's recipe" and list(manifest["data"]) == ["topics.jsonl"]
+    result = CliRunner().invoke(main, ["distill", str(stack_file), "--stage", "pick", "--data-dir", str(data),
+                                       "--out", str(tmp_path / "p.jsonl")])
+    assert result.exit_code == 2 and "no [stage.train] recipe" in result.output
