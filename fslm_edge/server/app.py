@@ -225,6 +225,7 @@ class _Server:
                     if not final.streamed and item.answer:  # a voted answer is known only now
                         yield writer.content(item.answer)
                     run.workers.counters.answered += 1
+                    await run.finished.wait()  # the instance is free before the client hears the end
                     yield writer.closing(item, warnings)
                     return
                 if isinstance(item, (ContextWarning, StageWarning)):

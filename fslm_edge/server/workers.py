@@ -145,8 +145,9 @@ END = object()  # the last item a run puts on its queue
 
 class Run:
     """One question on one stack instance, on its own thread. Its events (and
-    a raised FslmError, and finally ``END``) arrive on ``self.events``;
-    ``stop()`` sets the cancel flag the engine checks after every token."""
+    a raised FslmError, and finally ``END``, once the instance is free) arrive
+    on ``self.events``; ``stop()`` sets the cancel flag the engine checks after
+    every token."""
 
     def __init__(self, workers: ModelWorkers, stack: Stack, question: str, options: dict[str, Any]):
         self.workers = workers
@@ -195,15 +196,17 @@ class Run:
             self._emit(RuntimeFailure(f"{type(exc).__name__}: {exc}"))
         finally:
             seconds = time.perf_counter() - started
-            self._emit(END)
             try:  # the instance is free again only now, its generation fully stopped
                 self._loop.call_soon_threadsafe(self._finish, seconds)
-            except RuntimeError:
+            except RuntimeError:  # the loop is closed: the server is shutting down
                 pass
 
     def _finish(self, seconds: float) -> None:
+        """On the loop: free the instance, then end the events, so that whoever
+        reads ``END`` (and answers the client) finds the instance free."""
         if self.cancel.is_set() and self.result is not None and self.result.cancelled:
             self.workers.counters.cancelled += 1
         self.workers.record(seconds)
         self.workers.slots.release(self.stack)
         self.finished.set()
+        self.events.put_nowait(END)
