@@ -8,7 +8,8 @@
    mean number of requests one llama.cpp decode held), for each server in ``--servers``:
    ``workers=1`` (llama.cpp's default threads), ``workers=2`` (one thread
    each), ``parallel=4`` (four requests at once decoded together in one batch,
-   on the default threads; ``parallel=4:stack.threads=2`` on two), each in a
+   on the default threads; ``parallel=4:stack.threads=2`` on two;
+   ``parallel=4:merge-adapters:stack.threads=1`` with ``--merge-adapters``), each in a
    fresh server process; then aggregate
    throughput at 4 clients against one client's (target >= 2x);
 2. overhead: the same questions one at a time through HTTP (``--workers 1``)
@@ -49,10 +50,11 @@ QUESTIONS = [
 
 class Server:
     def __init__(self, stack: str, how: str, sets: list[str]):
-        server, *own_sets = how.split(":")  # "parallel=4:stack.threads=2": this server's own settings too
+        server, *own = how.split(":")  # "parallel=4:stack.threads=2": this server's own settings too
         flag, _, count = server.partition("=")
-        sets = sets + own_sets
-        args = ["serve", stack, "--port", "0", f"--{flag}", count, "--queue", "64", "--timeout", "600"]
+        flags = [f"--{item}" for item in own if "=" not in item]  # "parallel=4:merge-adapters": a serve flag
+        sets = sets + [item for item in own if "=" in item]
+        args = ["serve", stack, "--port", "0", f"--{flag}", count, "--queue", "64", "--timeout", "600", *flags]
         for item in sets:
             args += ["--set", item]
         self.proc = subprocess.Popen([sys.executable, "-c", "from fslm_edge.cli import main; main()", *args],

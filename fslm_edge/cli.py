@@ -199,6 +199,9 @@ def info(stack_file: str, as_json: bool) -> None:
               help="Stack instances per model id (several: one llama.cpp thread each).")
 @click.option("--parallel", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Requests per model id answered at once, their tokens decoded together in one batch.")
+@click.option("--merge-adapters", is_flag=True,
+              help="Serve every stage from a BF16 file of its own, its adapter merged in (made once, cached): "
+              "with --parallel, stages then batch on decoders of their own that run at once.")
 @click.option("--queue", "max_waiting", default=16, show_default=True, type=click.IntRange(0, 100000),
               help="Requests that may wait per model id; more get 503.")
 @click.option("--timeout", "timeout_s", default=300.0, show_default=True, type=click.FloatRange(min=0.001),
