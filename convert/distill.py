@@ -6,10 +6,10 @@ lettered lines); without tasks, the rows are the inputs STAGE's own
 ``[stage.train]`` recipe trains on (each data file's field mapped to
 ``{input}``; no gold answer, so every text is kept). The stack's stages
 before STAGE run as ``fslm-edge run`` runs them (temperature 0), and a
-teacher writes STAGE's text ``samples`` times: sample 1 greedily, the others sampled at ``temperature`` with seeds
-``seed + 1``, ``seed + 2``... The teacher is the stage itself (its model and
-adapter) unless another model is named (the FSLM paper's distillation from a
-stronger model).
+teacher writes STAGE's text ``samples`` times: sample 1 greedily, the others
+sampled at ``temperature`` with seeds ``seed + 1``, ``seed + 2``... The
+teacher is the stage itself (its model and adapter) unless another model is
+named (the FSLM paper's distillation from a stronger model).
 
 ``keep = "correct"`` is STaR's filter (Zelikman et al. 2022): a sample is kept
 only where the rest of the stack, given it, prints the gold answer, as the
@@ -22,8 +22,9 @@ another file) filters a finished run's samples again, generating nothing.
 
 Each row's samples and verdicts are appended to ``OUT.samples.jsonl`` as
 they are done, so an interrupted run continues with ``--resume``; the kept
-rows are written to ``OUT`` at the end, atomically, with ``OUT.manifest.json`` (teacher, stack,
-prompt, settings, data hashes, counts). A recipe names ``OUT`` as a data file
+rows are written to ``OUT`` at the end, atomically, with ``OUT.manifest.json``
+(teacher, stack, prompt, settings, data hashes, counts). A recipe names
+``OUT`` as a data file
 (``{ file = "OUT", target = STAGE, fields = { input = "input", NAME = "NAME" } }``).
 """
 
@@ -271,18 +272,26 @@ def _kept_rows(stage: str, record: dict, keep: str) -> Iterator[dict]:
         yield row
 
 
-def _read_partial(path: Path, expected: str, resume: bool) -> dict[str, dict]:
+def _usable(record: dict) -> bool:
+    """A logged row this code can read back (anything else is distilled again)."""
+    samples = record.get("samples")
+    return (isinstance(record.get("key"), str) and isinstance(record.get("upstream"), dict)
+            and isinstance(samples, list) and bool(samples)
+            and all(isinstance(x, dict) and isinstance(x.get("text"), str) and isinstance(x.get("sample"), int)
+                    for x in samples))
+
+
+def _read_log(path: Path, expected: str, resume: bool) -> dict[str, dict]:
     records = read_records(path)
     if not records:
         return {}
     if not resume:
         raise InputError(f"{path} holds the samples of an earlier distill run; continue or refilter it with "
                          "--resume, or delete it to start again")
-    header = records[0]
-    if header.get("fingerprint") != expected:
+    if records[0].get("fingerprint") != expected:
         raise InputError(f"{path} was written with other settings, stack or data; rerun with the same ones, "
                          "or delete it to start again")
-    return {r["key"]: r for r in records[1:] if "key" in r and isinstance(r.get("samples"), list)}
+    return {r["key"]: r for r in records[1:] if _usable(r)}
 
 
 def distill(stack_file: Path, out: Path, options: DistillOptions,
@@ -291,7 +300,7 @@ def distill(stack_file: Path, out: Path, options: DistillOptions,
     recipe inputs) and write the kept rows to ``out``."""
     from .export import manifest_first
 
-    partial = Path(options.samples_log) if options.samples_log else samples_path(out)
+    log = Path(options.samples_log) if options.samples_log else samples_path(out)
     report = DistillReport()
     with Distiller(stack_file, options) as distiller:
         if options.tasks:
@@ -302,16 +311,16 @@ def distill(stack_file: Path, out: Path, options: DistillOptions,
                                  "with --task, or use --keep all for the stage's own recipe inputs")
             inputs, files = recipe_inputs(distiller.config, options)
         expected = distiller.fingerprint(files)
-        done = _read_partial(partial, expected, options.resume)
+        done = _read_log(log, expected, options.resume)
         if not done:
-            partial.unlink(missing_ok=True)
-            append_record(partial, {"fingerprint": expected})
+            log.unlink(missing_ok=True)
+            append_record(log, {"fingerprint": expected})
         records = []
         for row in inputs:
             record = done.get(row.key)
             if record is None:
                 record = {"key": row.key, **distiller.distil_row(row)}
-                append_record(partial, record)
+                append_record(log, record)
             else:
                 report.resumed += 1
             records.append(record)

@@ -143,6 +143,8 @@ def test_an_interrupted_distill_resumes_and_leaves_no_output(make_stack, data_di
         distill(stack_file, out, options(data_dir))
     with pytest.raises(InputError, match="other settings"):
         distill(stack_file, out, options(data_dir, samples=3, resume=True))
+    with samples_path(out).open("a") as log:  # a hostile or torn line is distilled again, not trusted
+        log.write(json.dumps({"key": "arc_easy:x", "upstream": {}, "samples": "not a list"}) + "\n{\"key\": ")
     report = distill(stack_file, out, options(data_dir, resume=True))
     assert (report.resumed, report.rows) == (1, 3)
     assert out.exists()
