@@ -38,6 +38,7 @@ from pathlib import Path
 
 from fslm_edge.errors import InputError
 from fslm_edge.fileio import append_record, atomic_output, fingerprint, read_records, sha256_file
+from fslm_edge.stagecache import GenerationMemo
 
 KEEP = ("correct", "helpful", "all")
 ROW_FIELDS = ("id", "task", "input", "question", "choices", "answer", "sample", "printed", "correct",
@@ -72,20 +73,6 @@ class DistillReport:
     per_task: dict = field(default_factory=dict)
 
 
-class _MemoryMemo:
-    """A generation memo in memory: the earlier stages' greedy texts are
-    generated once per row, not once per sample."""
-
-    def __init__(self):
-        self._records: dict = {}
-
-    def get(self, key: str):
-        return self._records.get(key)
-
-    def put(self, key: str, value: dict) -> None:
-        self._records[key] = value
-
-
 @dataclass(frozen=True)
 class DistillInput:
     """One row to distil: the stack's input, and the gold answer where the row has one."""
@@ -114,7 +101,7 @@ def task_inputs(options: DistillOptions) -> tuple[list[DistillInput], dict[str, 
 def recipe_inputs(config, options: DistillOptions) -> tuple[list[DistillInput], dict[str, Path]]:
     """The inputs the stage's own ``[stage.train]`` recipe trains on: each data
     file's row field mapped to ``{input}`` (a seeded sample of ``limit`` per file)."""
-    import random
+    from fslm_edge.evaluation.data import select
 
     from .data import field_text, find_data_file, iter_rows
 
@@ -130,10 +117,7 @@ def recipe_inputs(config, options: DistillOptions) -> tuple[list[DistillInput], 
                              "name the rows with --task")
         path = find_data_file(source.file, options.data_dir, stage.name)
         files[source.file] = path
-        rows = list(iter_rows(path))
-        if options.limit is not None and options.limit < len(rows):
-            rows = [rows[i] for i in sorted(random.Random(options.seed).sample(range(len(rows)), options.limit))]
-        for number, row in rows:
+        for number, row in select(list(iter_rows(path)), options.limit, options.seed):
             text = field_text(row, key, f"{path}:{number}").strip()
             inputs.append(DistillInput(f"{source.file}:{fingerprint(text)}", source.file, text,
                                        row_id=str(row.get("id", f"{source.file}:{number}"))))
@@ -145,12 +129,7 @@ def samples_path(out: Path) -> Path:
     return out.with_name(out.name + ".samples.jsonl")
 
 
-def _greedy_overrides(config, extra: dict) -> dict:
-    overrides = {f"{s.name}.temperature": 0.0 for s in config.stages if s.samples == 1}
-    return {**overrides, **extra}
-
-
-def _stage_names(config, stage: str) -> list[str]:
+def _check_stage(config, stage: str) -> None:
     names = [s.name for s in config.stages]
     if stage not in names:
         raise InputError(f"{config.path}: no stage '{stage}' (stages: {', '.join(names)}); name one with --stage")
@@ -159,39 +138,37 @@ def _stage_names(config, stage: str) -> list[str]:
     if clash:
         raise InputError(f"{config.path}: a stage named '{clash[0]}' would clash with a field of the rows distill "
                          f"writes ({', '.join(ROW_FIELDS)}); rename the stage")
-    return names
 
 
 class Distiller:
     """The teacher and judge stacks of one distill run."""
 
     def __init__(self, stack_file: Path, options: DistillOptions):
-        from fslm_edge.config import load_target_config
+        from fslm_edge.config import greedy_overrides, load_target_config
         from fslm_edge.stack import Stack
 
         if options.keep not in KEEP:
             raise InputError(f"--keep {options.keep!r}: use one of {', '.join(KEEP)}")
         self.options = options
-        extra = {"stack.threads": options.threads} if options.threads else {}
         config = load_target_config(stack_file)
-        self.names = _stage_names(config, options.stage)
-        self.config = load_target_config(stack_file, _greedy_overrides(config, extra))
-        teacher_overrides = dict(extra)
-        if options.teacher is not None:
-            teacher_overrides.update({f"{options.stage}.model": options.teacher, f"{options.stage}.adapter": ""})
+        _check_stage(config, options.stage)
+        settings = {**greedy_overrides(config), **({"stack.threads": options.threads} if options.threads else {})}
+        self.config = load_target_config(stack_file, settings)
+        self._hashes: dict[Path, str] = {}
         self.stacks = []
         try:
-            self.judge = Stack.load(stack_file, _greedy_overrides(config, extra))
+            self.judge = Stack.load(stack_file, settings)
             self.stacks.append(self.judge)
             if options.teacher is None:
                 self.teacher = self.judge
             else:
-                self.teacher = Stack.load(stack_file, _greedy_overrides(config, teacher_overrides))
+                teacher = {f"{options.stage}.model": options.teacher, f"{options.stage}.adapter": ""}
+                self.teacher = Stack.load(stack_file, {**settings, **teacher})
                 self.stacks.append(self.teacher)
         except BaseException:
             self.close()
             raise
-        memo = _MemoryMemo()
+        memo = GenerationMemo(None)  # the earlier stages' greedy texts: once per row, not once per sample
         for stack in self.stacks:
             stack.generation_memo = memo
 
@@ -204,6 +181,13 @@ class Distiller:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def sha256(self, path) -> str:
+        """A file's hash, computed once per run (model files are large)."""
+        path = Path(path)
+        if path not in self._hashes:
+            self._hashes[path] = sha256_file(path)
+        return self._hashes[path]
 
     # -- one row ----------------------------------------------------------------
     def sample_settings(self, sample: int) -> dict:
@@ -243,13 +227,13 @@ class Distiller:
         files = [m.path for m in self.teacher.models + self.judge.models]
         files += [s.adapter for s in self.config.stages if s.adapter is not None]
         stages = [dataclasses.replace(s, source="", train=None, grammar_file=None,  # the grammar's text stays
-                                      adapter=sha256_file(s.adapter) if s.adapter else None)
+                                      adapter=self.sha256(s.adapter) if s.adapter else None)
                   for s in self.config.stages]
         parts = [repr(stages), str(self.config.context_size), o.stage, str(o.teacher), str(o.samples),
                  repr(o.temperature), str(o.seed)]  # not keep: it only filters what is written
         # Rows are keyed one by one, so a rerun with another --limit reuses the rows both select.
-        parts += [f"{name}:{sha256_file(path)}" for name, path in data_files.items()]
-        parts += sorted({f"{Path(f).name}:{sha256_file(f)}" for f in files})
+        parts += [f"{name}:{self.sha256(path)}" for name, path in data_files.items()]
+        parts += sorted({f"{Path(f).name}:{self.sha256(f)}" for f in set(files)})
         return fingerprint(*parts)
 
 
@@ -358,18 +342,18 @@ def _manifest(distiller: Distiller, options: DistillOptions, files: dict[str, Pa
     adapter = teacher_stage.adapter
     return {
         "kind": "distilled-stage-data",
-        "stack": {"file": distiller.config.path.name, "sha256": sha256_file(distiller.config.path),
+        "stack": {"file": distiller.config.path.name, "sha256": distiller.sha256(distiller.config.path),
                   "ref": str(stack_file)},
         "stage": options.stage,
         "template": stage.template,
         "system": stage.system,
         "teacher": {"model": options.teacher or stage.model, "file": Path(teacher_model.path).name,
-                    "sha256": sha256_file(teacher_model.path), "adapter": adapter.name if adapter else None,
-                    "adapter_sha256": sha256_file(adapter) if adapter else None},
+                    "sha256": distiller.sha256(teacher_model.path), "adapter": adapter.name if adapter else None,
+                    "adapter_sha256": distiller.sha256(adapter) if adapter else None},
         "settings": {"samples": options.samples, "temperature": options.temperature, "seed": options.seed,
                      "keep": options.keep, "split": options.split, "limit": options.limit,
                      "first_sample": "temperature 0", "earlier_stages": "temperature 0"},
-        "data": {path.name: sha256_file(path) for path in files.values()},
+        "data": {path.name: distiller.sha256(path) for path in files.values()},
         "inputs": "tasks" if options.tasks else "the stage's recipe",
         "counts": {"rows": report.rows, "samples": report.samples, "correct": report.correct,
                    "correct_without": report.correct_without,

@@ -269,6 +269,12 @@ def load_target_config(ref: str | os.PathLike, overrides: Mapping[str, Any] | No
     return model_stack_config(ref, overrides)
 
 
+def greedy_overrides(config: StackConfig) -> dict[str, float]:
+    """Settings that run every stage at temperature 0 as ``fslm-edge run`` would
+    at temperature 0; a stage with ``samples`` > 1 keeps its seeded sampling."""
+    return {f"{s.name}.temperature": 0.0 for s in config.stages if s.samples == 1}
+
+
 def model_stack_config(ref: str, overrides: Mapping[str, Any] | None = None) -> StackConfig:
     """One stage, ``template = "{input}"``, chat on: the model as a user types to it."""
     name = Path(ref.removeprefix("builtin:")).name.removesuffix(".gguf") or "model"

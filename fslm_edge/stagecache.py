@@ -55,14 +55,16 @@ class GenerationMemo:
     (the model and adapter files, the prompt's token ids, the generation
     settings): at temperature 0 the same key gives the same text, so a stack
     run again (an evaluation of a variant that changes only a later stage)
-    generates nothing twice. Append-only JSONL; safe across threads."""
+    generates nothing twice. Append-only JSONL (``path`` None: in memory only,
+    for one run); safe across threads."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | None):
         import threading
 
-        self.path = Path(path)
+        self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
-        self._records = {r.pop("key"): r for r in read_records(self.path) if "key" in r}
+        records = read_records(self.path) if self.path is not None else []
+        self._records = {r.pop("key"): r for r in records if "key" in r}
 
     def get(self, key: str) -> dict | None:
         with self._lock:
@@ -70,5 +72,6 @@ class GenerationMemo:
 
     def put(self, key: str, value: dict) -> None:
         with self._lock:
-            append_record(self.path, {"key": key, **value})
+            if self.path is not None:
+                append_record(self.path, {"key": key, **value})
             self._records[key] = value

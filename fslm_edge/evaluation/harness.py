@@ -166,13 +166,12 @@ class StackTarget:
     kind = "stack"
 
     def __init__(self, ref: str, cache_folder: Path | None = None):
-        from ..config import load_stack_config, split_stack_ref
+        from ..config import greedy_overrides, load_stack_config, split_stack_ref
         from ..stack import Stack
 
         self.name = ref
         path, overrides = split_stack_ref(ref)
-        config = load_stack_config(path, overrides)
-        greedy = {f"{s.name}.temperature": 0.0 for s in config.stages if s.samples == 1}
+        greedy = greedy_overrides(load_stack_config(path, overrides))
         self.stack = Stack.load(path, {**overrides, **greedy})
         parts = [stack_definition(Path(path)), repr(sorted(overrides.items()))]
         parts += [_stat(m.path) for m in self.stack.models]
@@ -261,7 +260,7 @@ class GenerateTarget:
     kind = "generate"
 
     def __init__(self, ref: str, n_threads: int, batch: int = 1, cache_folder: Path | None = None):
-        from ..config import is_stack_ref, load_target_config
+        from ..config import greedy_overrides, is_stack_ref, load_target_config
         from ..engine import DecoderPool
         from ..stack import Stack
         from ..stagecache import GenerationMemo
@@ -269,7 +268,7 @@ class GenerateTarget:
         self.name = ref
         self.batch = batch
         config = load_target_config(ref)
-        overrides: dict = {f"{s.name}.temperature": 0.0 for s in config.stages if s.samples == 1}
+        overrides: dict = greedy_overrides(config)
         if not is_stack_ref(ref):
             overrides["stack.threads"] = n_threads
         self.decoders = None

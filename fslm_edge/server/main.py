@@ -38,18 +38,16 @@ def load_models(refs: Sequence[str], workers: int, overrides: Mapping[str, Any],
         raise InputError("--workers and --parallel must be at least 1")
     if workers > 1 and parallel > 1:
         raise InputError("--workers and --parallel are two ways to answer requests at once: give one of them")
-    settings = dict(overrides)
-    if workers > 1:
-        settings["stack.threads"] = 1
+    common = {**overrides, **({"stack.threads": 1} if workers > 1 else {})}
     models: dict[str, ModelWorkers] = {}
     try:
         for ref in refs:
             decoders = None
+            settings = common
             if merge_adapters:
                 from ..convert.merged import merged_overrides
 
-                settings = {**dict(overrides), **({"stack.threads": 1} if workers > 1 else {}),
-                            **merged_overrides(load_target_config(ref, overrides or None), log=log)}
+                settings = {**common, **merged_overrides(load_target_config(ref, common or None), log=log)}
             if parallel > 1:
                 config = load_target_config(ref, settings or None)
                 decoders = DecoderPool(parallel, config.context_size, config.n_threads, config.gpu_layers)
