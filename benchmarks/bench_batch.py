@@ -2,6 +2,7 @@
 (``engine.BatchedDecoder``) against the same N generated one at a time.
 
     python benchmarks/bench_batch.py [--gguf FILE ...] [--sizes 1,2,4,8] [--tokens 48] [--threads 1]
+        [--processes 2]
 
 For each GGUF (default: the packaged SmolLM2-135M-Instruct, Q4_1), N chat
 questions, greedy, at most ``--tokens`` tokens each, prompts included in the
@@ -11,6 +12,10 @@ Whether it pays depends on llama.cpp's matmul kernels for the weights' type
 on this CPU (docs/server.md quotes a run: BF16 2.1x at 4 sequences, the
 packaged Q4_1 1.0x). Make a copy of another type with
 ``fslm-edge quantize builtin:smollm2-135m-instruct --type bf16 --out FILE``.
+``--processes 2``: two copies of the measurement at once, each on its own
+threads, as two decoders of a server decode at once on two cores: where the
+weights' decodes are limited by memory bandwidth (BF16 here) each copy slows
+the other; where they are limited by compute (Q4_0 here) neither does.
 Run it alone on the machine.
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -57,6 +63,17 @@ def batched(decoder, tokens: list[list[int]], sampling) -> tuple[float, int]:
     return time.perf_counter() - started, sum(counts)
 
 
+def at_once(n: int) -> None:
+    """This script without ``--processes``, ``n`` times at once; their tables one after another."""
+    argv = [a for i, a in enumerate(sys.argv[1:]) if a != "--processes" and sys.argv[i] != "--processes"]
+    argv = [a for a in argv if not a.startswith("--processes=")]
+    copies = [subprocess.Popen([sys.executable, __file__, *argv], stdout=subprocess.PIPE, text=True)
+              for _ in range(n)]
+    for i, copy in enumerate(copies):
+        out, _ = copy.communicate()
+        print(f"-- copy {i + 1} of {n}, run at once --\n{out}", end="", flush=True)
+
+
 def main() -> None:
     from fslm_edge.config import Sampling
     from fslm_edge.engine import BatchedDecoder, LoadedModel
@@ -67,7 +84,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,2,4,8")
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=1, help="copies of the measurement run at once")
     args = parser.parse_args()
+    if args.processes > 1:
+        at_once(args.processes)
+        return
     files = [Path(f) for f in args.gguf] or [resolve_model("smollm2-135m-instruct")]
     sizes = [int(x) for x in args.sizes.split(",")]
     sampling = Sampling(max_tokens=args.tokens, temperature=0.0)

@@ -52,8 +52,10 @@ class Server:
     def __init__(self, stack: str, how: str, sets: list[str]):
         server, *own = how.split(":")  # "parallel=4:stack.threads=2": this server's own settings too
         flag, _, count = server.partition("=")
-        flags = [f"--{item}" for item in own if "=" not in item]  # "parallel=4:merge-adapters": a serve flag
-        sets = sets + [item for item in own if "=" in item]
+        # "parallel=4:merge-adapters:merge-type=q8_0:stack.threads=1": serve flags, then settings (a dotted key)
+        flags = [part for item in own if "." not in item.partition("=")[0]
+                 for part in (f"--{item.partition('=')[0]}", item.partition("=")[2]) if part]
+        sets = sets + [item for item in own if "." in item.partition("=")[0]]
         args = ["serve", stack, "--port", "0", f"--{flag}", count, "--queue", "64", "--timeout", "600", *flags]
         for item in sets:
             args += ["--set", item]

@@ -1,6 +1,7 @@
-"""``serve --merge-adapters``: every stage on a BF16 file of its own with its
-adapter merged in, made once and cached, so each stage batches on a decoder
-of its own. Real merges of the shipped recall adapter into the packaged model."""
+"""``serve --merge-adapters``: every stage on a file of its own (BF16, Q8_0 or
+Q4_0) with its adapter merged in, made once and cached, so each stage batches
+on a decoder of its own. Real merges of the shipped recall adapter into the
+packaged model."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from fslm_edge import Stack
 from fslm_edge.config import load_target_config
 from fslm_edge.convert.merged import merged_file, merged_overrides
+from fslm_edge.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECALL = ROOT / "stacks" / "adapters" / "qa" / "recall" / "recall.lora.gguf"
@@ -104,6 +106,62 @@ def test_serve_loads_every_stage_on_its_merged_file_with_a_decoder_each(make_sta
         assert {Path(s.model).parent for s in stack.config.stages} == {cache}
         answer = stack.run("Why is the sky blue?")
         assert answer.answer and len(workers.decoders.decoders) == 2  # one decoder per stage's file
+    finally:
+        for loaded in models.values():
+            loaded.close()
+
+
+def test_q8_0_files_score_what_the_base_under_its_adapter_scores(make_stack, cache, smollm2_path):
+    """Q8_0 merges, the adapter's file and the one for the stage without an adapter, each with its
+    manifest; the merged recall file gives the adapter's own greedy text nearly the log-probability
+    the packaged base under the adapter gives it."""
+    from fslm_edge.config import Sampling
+    from fslm_edge.engine import Generation, LoadedModel, collect_text, stream_text
+    from fslm_edge.engine.scoring import ChoiceScorer
+    from fslm_edge.ggufinfo import read_gguf_info
+
+    overrides = merged_overrides(load_target_config(make_stack(TWO)), qtype="q8_0")
+    recall_file, reply_file = Path(overrides["recall.model"]), Path(overrides["reply.model"])
+    assert recall_file.name.endswith(".q8_0.gguf") and reply_file.name.endswith(".q8_0.gguf")
+    for path in (recall_file, reply_file):
+        manifest = json.loads(path.with_name(path.name + ".manifest.json").read_text())
+        assert manifest["kind"] == "merged-q8_0"
+        assert read_gguf_info(path).tensors["blk.0.attn_q.weight"].dtype == "Q8_0"
+    plain, merged = LoadedModel(smollm2_path, 512, 1), LoadedModel(recall_file, 512, 1)
+    try:
+        plain.add_adapter(RECALL)
+        plain.use_adapter(RECALL, 1.0)
+        chat = "<|im_start|>user\nList facts about: Why is the sky blue?<|im_end|>\n<|im_start|>assistant\n"
+        prompt = plain.tokenize(chat)
+        text = collect_text(stream_text(plain, prompt, Generation(Sampling(max_tokens=12, temperature=0.0))))[0]
+        tokens = plain.tokenize_plain(text)
+        [under_adapter] = ChoiceScorer(plain).score(prompt, [tokens])
+        [from_merged] = ChoiceScorer(merged).score(prompt, [tokens])
+        assert abs(under_adapter.logprob - from_merged.logprob) / len(tokens) < 0.1
+    finally:
+        plain.close()
+        merged.close()
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_an_unknown_merge_type_is_refused(cache, smollm2_path):
+    with pytest.raises(InputError, match="q4_k_m"):
+        merged_file(smollm2_path, RECALL, 1.0, qtype="q4_k_m")
+    assert not cache.exists()
+
+
+def test_serve_with_workers_on_q4_0_merged_files(make_stack, cache):
+    from fslm_edge.server.main import load_models
+
+    models = load_models([str(make_stack(TWO))], 2, {}, 4, log=lambda m: None, merge_adapters=True,
+                         merge_type="q4_0")
+    try:
+        [workers] = models.values()
+        assert len(workers.stacks) == 2
+        for stack in workers.stacks:
+            assert all(Path(s.model).name.endswith(".q4_0.gguf") and s.adapter is None for s in stack.config.stages)
+            assert stack.config.n_threads == 1  # two workers on one thread each
+        assert workers.stacks[1].run("Why is the sky blue?").answer
     finally:
         for loaded in models.values():
             loaded.close()

@@ -26,14 +26,16 @@ def _stop_requested(_signum, _frame) -> None:
 
 
 def load_models(refs: Sequence[str], workers: int, overrides: Mapping[str, Any], max_waiting: int,
-                log=print, parallel: int = 1, merge_adapters: bool = False) -> dict[str, ModelWorkers]:
+                log=print, parallel: int = 1, merge_adapters: bool = False,
+                merge_type: str = "bf16") -> dict[str, ModelWorkers]:
     """Each stack file or model reference ``workers`` times, keyed by its
     ``[stack] name``. With several workers each runs llama.cpp on one thread
     (the cores are shared between them). With ``parallel`` > 1, that many
     instances share one batched decoder per model file (``engine.batch``): the
     requests they answer at once are decoded together, on the stack's threads.
-    ``merge_adapters``: every stage on a BF16 file of its own with its adapter
-    merged in (``convert.merged``), so each stage gets a decoder of its own."""
+    ``merge_adapters``: every stage on a file of its own (``merge_type``
+    weights) with its adapter merged in (``convert.merged``), so each stage
+    gets a decoder of its own."""
     if workers < 1 or parallel < 1:
         raise InputError("--workers and --parallel must be at least 1")
     if workers > 1 and parallel > 1:
@@ -47,7 +49,8 @@ def load_models(refs: Sequence[str], workers: int, overrides: Mapping[str, Any],
             if merge_adapters:
                 from ..convert.merged import merged_overrides
 
-                settings = {**common, **merged_overrides(load_target_config(ref, common or None), log=log)}
+                settings = {**common, **merged_overrides(load_target_config(ref, common or None), log=log,
+                                                              qtype=merge_type)}
             if parallel > 1:
                 config = load_target_config(ref, settings or None)
                 decoders = DecoderPool(parallel, config.context_size, config.n_threads, config.gpu_layers)
@@ -104,7 +107,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(refs: Sequence[str], host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
           workers: int = 1, parallel: int = 1, max_waiting: int = 16, timeout_s: float = 300.0,
-          max_body_bytes: int = 1 << 20, merge_adapters: bool = False,
+          max_body_bytes: int = 1 << 20, merge_adapters: bool = False, merge_type: str = "bf16",
           overrides: Mapping[str, Any] | None = None, debug: bool = False) -> None:
     import uvicorn
 
@@ -118,7 +121,8 @@ def serve(refs: Sequence[str], host: str = "127.0.0.1", port: int = 8080, api_ke
             "the server; set --api-key KEY (or FSLM_EDGE_API_KEY)")
     sock = bind(host, port)
     try:
-        models = load_models(refs, workers, overrides or {}, max_waiting, log, parallel, merge_adapters)
+        models = load_models(refs, workers, overrides or {}, max_waiting, log, parallel, merge_adapters,
+                             merge_type)
     except BaseException:
         sock.close()
         raise
