@@ -1,18 +1,20 @@
 """Every stage on a model file of its own, adapters merged in: what
-``fslm-edge serve --merge-adapters [TYPE]`` serves.
+``fslm-edge serve --merge-adapters [--merge-type TYPE]`` serves.
 
-llama.cpp sets a LoRA adapter per context, so one batched decode holds only
-the requests at stages under one adapter (engine/batch.py). With each
-stage's adapter merged into a model file of its own, every such file gets its
-own batched decoder, on its own scheduler thread, and the decoders of two
-stages compute at once on two cores. BF16 because its many-row matmuls are
-what makes a batched decode pay on a CPU where it pays at all; Q8_0 and Q4_0
-because on a CPU where it does not, a lone decode of either is faster than one
-of BF16 or of the base under a LoRA adapter, and two of them at once on two
-cores do not slow each other (docs/server.md, "Merged files"). A stage without
-an adapter runs on a copy of its model of the same type. The files are made
-once per (model, adapter, scale, type) and cached; numpy and llama.cpp's
-quantizer only, no torch.
+A stage under a LoRA adapter computes the adapter's product on every token,
+and llama.cpp sets an adapter per context, so one batched decode holds only
+the requests at stages under one adapter (engine/batch.py). With each stage's
+adapter merged into a file of its own there is no adapter work per token,
+and every file gets its own decoder (``--parallel``) or context
+(``--workers``). Q8_0, the default, because on CPUs without fast many-row
+kernels (the 2-core AVX-512 machine here) a lone Q8_0 decode is the fastest
+that keeps the adapters' answers (274 of 300 the same printed answer;
+docs/server.md, "Merged files"); Q4_0 decodes faster still but changes many
+answers; BF16 because where the CPU has fast BF16 matmuls a many-row decode
+costs little more than one (``--parallel``). A stage without an adapter
+runs on a copy of its model of the same type. The files are made once per
+(model, adapter, scale, type) and cached; numpy and llama.cpp's quantizer
+only, no torch.
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ from fslm_edge.errors import InputError
 from fslm_edge.fileio import fingerprint, sha256_file
 from fslm_edge.models import cache_dir, resolve_model
 
-
-MERGE_TYPES = ("bf16", "q8_0", "q4_0")  # what --merge-adapters writes; bf16 first, the default
+MERGE_TYPES = ("q8_0", "q4_0", "bf16")  # what --merge-adapters writes; the first is the default
 
 
 def merged_folder() -> Path:
@@ -34,7 +35,7 @@ def merged_folder() -> Path:
 
 
 def merged_file(base: Path, adapter: Path | None, scale: float, folder: Path | None = None, log=None,
-                 qtype: str = "bf16") -> Path:
+                 qtype: str = "q8_0") -> Path:
     """``base`` with ``adapter`` (at ``scale``) merged in, as ``qtype`` (``MERGE_TYPES``);
     made unless cached."""
     from .export import load_lora, manifest_first
@@ -68,7 +69,7 @@ def merged_file(base: Path, adapter: Path | None, scale: float, folder: Path | N
 
 
 def merged_overrides(config: StackConfig, folder: Path | None = None, log=None,
-                     qtype: str = "bf16") -> dict[str, object]:
+                     qtype: str = "q8_0") -> dict[str, object]:
     """``--set`` overrides that put every stage on its merged ``qtype`` file, adapter cleared."""
     overrides: dict[str, object] = {}
     for stage in config.stages:

@@ -59,7 +59,7 @@ def test_a_merged_file_scores_what_the_base_under_its_adapter_scores(make_stack,
     from fslm_edge.engine.scoring import ChoiceScorer
 
     stack_file = make_stack(TWO, model=str(bf16_path))
-    overrides = merged_overrides(load_target_config(stack_file))
+    overrides = merged_overrides(load_target_config(stack_file), qtype="bf16")
     recall_file, reply_file = Path(overrides["recall.model"]), Path(overrides["reply.model"])
     assert recall_file.parent == cache and recall_file != reply_file and overrides["recall.adapter"] == ""
     manifest = json.loads(recall_file.with_name(recall_file.name + ".manifest.json").read_text())
@@ -83,7 +83,7 @@ def test_a_merged_file_scores_what_the_base_under_its_adapter_scores(make_stack,
         assert stack.stage_model("recall").path == recall_file
         assert stack.run("Why is the sky blue?").answer
     stamp = recall_file.stat().st_mtime_ns
-    assert merged_overrides(load_target_config(stack_file)) == overrides  # cached: not made again
+    assert merged_overrides(load_target_config(stack_file), qtype="bf16") == overrides  # cached: not made again
     assert recall_file.stat().st_mtime_ns == stamp
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temp files left
 
@@ -120,7 +120,7 @@ def test_q8_0_files_score_what_the_base_under_its_adapter_scores(make_stack, cac
     from fslm_edge.engine.scoring import ChoiceScorer
     from fslm_edge.ggufinfo import read_gguf_info
 
-    overrides = merged_overrides(load_target_config(make_stack(TWO)), qtype="q8_0")
+    overrides = merged_overrides(load_target_config(make_stack(TWO)))  # Q8_0 unless told
     recall_file, reply_file = Path(overrides["recall.model"]), Path(overrides["reply.model"])
     assert recall_file.name.endswith(".q8_0.gguf") and reply_file.name.endswith(".q8_0.gguf")
     for path in (recall_file, reply_file):

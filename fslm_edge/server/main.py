@@ -27,7 +27,7 @@ def _stop_requested(_signum, _frame) -> None:
 
 def load_models(refs: Sequence[str], workers: int, overrides: Mapping[str, Any], max_waiting: int,
                 log=print, parallel: int = 1, merge_adapters: bool = False,
-                merge_type: str = "bf16") -> dict[str, ModelWorkers]:
+                merge_type: str = "q8_0") -> dict[str, ModelWorkers]:
     """Each stack file or model reference ``workers`` times, keyed by its
     ``[stack] name``. With several workers each runs llama.cpp on one thread
     (the cores are shared between them). With ``parallel`` > 1, that many
@@ -107,7 +107,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(refs: Sequence[str], host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
           workers: int = 1, parallel: int = 1, max_waiting: int = 16, timeout_s: float = 300.0,
-          max_body_bytes: int = 1 << 20, merge_adapters: bool = False, merge_type: str = "bf16",
+          max_body_bytes: int = 1 << 20, merge_adapters: bool = False, merge_type: str = "q8_0",
           overrides: Mapping[str, Any] | None = None, debug: bool = False) -> None:
     import uvicorn
 
