@@ -50,35 +50,44 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache" / "merged"
 
 
-def test_a_merged_file_scores_what_the_base_under_its_adapter_scores(make_stack, cache, bf16_path):
-    """On a BF16 copy of the base, the merged file gives the tokens the copy under the adapter writes
-    nearly the same log-probabilities (the merged weights are rounded to BF16, the adapter's own product
-    is not, so a near tie can go the other way)."""
+def _gaps_per_token(base: Path, merged_path: Path, questions: list[str]) -> list[float]:
+    """For each question: the recall adapter's greedy text on ``base``, and how far apart (nats per
+    token) ``base`` under the adapter and the merged file score it."""
     from fslm_edge.config import Sampling
     from fslm_edge.engine import Generation, LoadedModel, collect_text, stream_text
     from fslm_edge.engine.scoring import ChoiceScorer
 
-    stack_file = make_stack(TWO, model=str(bf16_path))
-    overrides = merged_overrides(load_target_config(stack_file), qtype="bf16")
-    recall_file, reply_file = Path(overrides["recall.model"]), Path(overrides["reply.model"])
-    assert recall_file.parent == cache and recall_file != reply_file and overrides["recall.adapter"] == ""
-    manifest = json.loads(recall_file.with_name(recall_file.name + ".manifest.json").read_text())
-    assert manifest["kind"] == "merged-bf16" and manifest["adapter"]["file"] == "recall.lora.gguf"
-    plain, merged = LoadedModel(bf16_path, 512, 1), LoadedModel(recall_file, 512, 1)
+    plain, merged = LoadedModel(base, 512, 1), LoadedModel(merged_path, 512, 1)
+    gaps = []
     try:
         plain.add_adapter(RECALL)
         plain.use_adapter(RECALL, 1.0)
-        for question in ["Why is the sky blue?", "How do bees make honey?", "What causes thunder?"]:
+        for question in questions:
             chat = f"<|im_start|>user\nList facts about: {question}<|im_end|>\n<|im_start|>assistant\n"
             prompt = plain.tokenize(chat)
             text = collect_text(stream_text(plain, prompt, Generation(Sampling(max_tokens=12, temperature=0.0))))[0]
             tokens = plain.tokenize_plain(text)
             [under_adapter] = ChoiceScorer(plain).score(prompt, [tokens])
             [from_merged] = ChoiceScorer(merged).score(prompt, [tokens])
-            assert abs(under_adapter.logprob - from_merged.logprob) / len(tokens) < 0.05
+            gaps.append(abs(under_adapter.logprob - from_merged.logprob) / len(tokens))
     finally:
         plain.close()
         merged.close()
+    return gaps
+
+
+def test_a_merged_file_scores_what_the_base_under_its_adapter_scores(make_stack, cache, bf16_path):
+    """On a BF16 copy of the base, the merged file gives the tokens the copy under the adapter writes
+    nearly the same log-probabilities (the merged weights are rounded to BF16, the adapter's own product
+    is not, so a near tie can go the other way)."""
+    stack_file = make_stack(TWO, model=str(bf16_path))
+    overrides = merged_overrides(load_target_config(stack_file), qtype="bf16")
+    recall_file, reply_file = Path(overrides["recall.model"]), Path(overrides["reply.model"])
+    assert recall_file.parent == cache and recall_file != reply_file and overrides["recall.adapter"] == ""
+    manifest = json.loads(recall_file.with_name(recall_file.name + ".manifest.json").read_text())
+    assert manifest["kind"] == "merged-bf16" and manifest["adapter"]["file"] == "recall.lora.gguf"
+    questions = ["Why is the sky blue?", "How do bees make honey?", "What causes thunder?"]
+    assert max(_gaps_per_token(bf16_path, recall_file, questions)) < 0.05
     with Stack.load(stack_file, {"stack.threads": 1, **overrides}) as stack:
         assert stack.stage_model("recall").path == recall_file
         assert stack.run("Why is the sky blue?").answer
@@ -115,9 +124,6 @@ def test_q8_0_files_score_what_the_base_under_its_adapter_scores(make_stack, cac
     """Q8_0 merges, the adapter's file and the one for the stage without an adapter, each with its
     manifest; the merged recall file gives the adapter's own greedy text nearly the log-probability
     the packaged base under the adapter gives it."""
-    from fslm_edge.config import Sampling
-    from fslm_edge.engine import Generation, LoadedModel, collect_text, stream_text
-    from fslm_edge.engine.scoring import ChoiceScorer
     from fslm_edge.ggufinfo import read_gguf_info
 
     overrides = merged_overrides(load_target_config(make_stack(TWO)))  # Q8_0 unless told
@@ -127,20 +133,7 @@ def test_q8_0_files_score_what_the_base_under_its_adapter_scores(make_stack, cac
         manifest = json.loads(path.with_name(path.name + ".manifest.json").read_text())
         assert manifest["kind"] == "merged-q8_0"
         assert read_gguf_info(path).tensors["blk.0.attn_q.weight"].dtype == "Q8_0"
-    plain, merged = LoadedModel(smollm2_path, 512, 1), LoadedModel(recall_file, 512, 1)
-    try:
-        plain.add_adapter(RECALL)
-        plain.use_adapter(RECALL, 1.0)
-        chat = "<|im_start|>user\nList facts about: Why is the sky blue?<|im_end|>\n<|im_start|>assistant\n"
-        prompt = plain.tokenize(chat)
-        text = collect_text(stream_text(plain, prompt, Generation(Sampling(max_tokens=12, temperature=0.0))))[0]
-        tokens = plain.tokenize_plain(text)
-        [under_adapter] = ChoiceScorer(plain).score(prompt, [tokens])
-        [from_merged] = ChoiceScorer(merged).score(prompt, [tokens])
-        assert abs(under_adapter.logprob - from_merged.logprob) / len(tokens) < 0.1
-    finally:
-        plain.close()
-        merged.close()
+    assert max(_gaps_per_token(smollm2_path, recall_file, ["Why is the sky blue?"])) < 0.1
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
