@@ -42,7 +42,7 @@ def merged_file(base: Path, adapter: Path | None, scale: float, folder: Path | N
     from .gguf_model import merge_to_gguf, quantize_gguf
 
     if qtype not in MERGE_TYPES:
-        raise InputError(f"--merge-adapters takes one of {', '.join(MERGE_TYPES)}, not '{qtype}'")
+        raise InputError(f"--merge-type must be one of {', '.join(MERGE_TYPES)}, not '{qtype}'")
     folder = Path(folder) if folder is not None else merged_folder()
     key = fingerprint(sha256_file(base), sha256_file(adapter) if adapter else "", repr(float(scale)))
     name = f"{base.stem}+{adapter.stem}" if adapter else base.stem

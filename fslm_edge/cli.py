@@ -202,10 +202,10 @@ def info(stack_file: str, as_json: bool) -> None:
 @click.option("--merge-adapters", is_flag=True,
               help="Serve every stage from a file of its own, its adapter merged in (made once, cached): "
               "no adapter work per token, and with --parallel, stages batch on decoders of their own.")
-@click.option("--merge-type", default="q8_0", show_default=True, metavar="TYPE",
-              help="Weights of the --merge-adapters files: q8_0 (close to the adapters' own answers), q4_0 "
-              "(faster, answers differ more) or bf16 (batches best with --parallel where the CPU has fast BF16 "
-              "matmuls); docs/server.md, \"Merged files\".")
+@click.option("--merge-type", default=None, metavar="TYPE",
+              help="Weights of the --merge-adapters files: q8_0 (the default; close to the adapters' own "
+              "answers), q4_0 (faster, answers differ more) or bf16 (batches best with --parallel where the CPU "
+              "has fast BF16 matmuls); docs/server.md, \"Merged files\".")
 @click.option("--queue", "max_waiting", default=16, show_default=True, type=click.IntRange(0, 100000),
               help="Requests that may wait per model id; more get 503.")
 @click.option("--timeout", "timeout_s", default=300.0, show_default=True, type=click.FloatRange(min=0.001),

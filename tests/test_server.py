@@ -403,6 +403,11 @@ def test_serve_refuses_bad_input_with_one_line(tmp_path):
     assert serve(str(one), "--workers", "0").returncode == 2
     both = serve(str(one), "--workers", "2", "--parallel", "2")
     assert both.returncode == 2 and "give one of them" in both.stderr.splitlines()[-1]
+    alone = serve(str(one), "--merge-type", "q4_0")
+    assert alone.returncode == 2 and "give --merge-adapters too" in alone.stderr.splitlines()[-1]
+    unknown = serve(str(one), "--merge-adapters", "--merge-type", "q4_k_m")
+    assert unknown.returncode == 2 and unknown.stderr.splitlines()[-1] == (
+        "error: --merge-type must be one of q8_0, q4_0, bf16, not 'q4_k_m'")
 
 
 def test_only_loopback_hosts_count_as_local():

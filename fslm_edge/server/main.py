@@ -27,17 +27,19 @@ def _stop_requested(_signum, _frame) -> None:
 
 def load_models(refs: Sequence[str], workers: int, overrides: Mapping[str, Any], max_waiting: int,
                 log=print, parallel: int = 1, merge_adapters: bool = False,
-                merge_type: str = "q8_0") -> dict[str, ModelWorkers]:
+                merge_type: str | None = None) -> dict[str, ModelWorkers]:
     """Each stack file or model reference ``workers`` times, keyed by its
     ``[stack] name``. With several workers each runs llama.cpp on one thread
     (the cores are shared between them). With ``parallel`` > 1, that many
     instances share one batched decoder per model file (``engine.batch``): the
     requests they answer at once are decoded together, on the stack's threads.
     ``merge_adapters``: every stage on a file of its own (``merge_type``
-    weights) with its adapter merged in (``convert.merged``), so each stage
-    gets a decoder of its own."""
+    weights, Q8_0 unless given) with its adapter merged in (``convert.merged``),
+    so each stage gets a decoder of its own."""
     if workers < 1 or parallel < 1:
         raise InputError("--workers and --parallel must be at least 1")
+    if merge_type is not None and not merge_adapters:
+        raise InputError("--merge-type sets the weights of the --merge-adapters files: give --merge-adapters too")
     if workers > 1 and parallel > 1:
         raise InputError("--workers and --parallel are two ways to answer requests at once: give one of them")
     common = {**overrides, **({"stack.threads": 1} if workers > 1 else {})}
@@ -47,10 +49,10 @@ def load_models(refs: Sequence[str], workers: int, overrides: Mapping[str, Any],
             decoders = None
             settings = common
             if merge_adapters:
-                from ..convert.merged import merged_overrides
+                from ..convert.merged import MERGE_TYPES, merged_overrides
 
                 settings = {**common, **merged_overrides(load_target_config(ref, common or None), log=log,
-                                                              qtype=merge_type)}
+                                                              qtype=merge_type or MERGE_TYPES[0])}
             if parallel > 1:
                 config = load_target_config(ref, settings or None)
                 decoders = DecoderPool(parallel, config.context_size, config.n_threads, config.gpu_layers)
@@ -107,7 +109,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(refs: Sequence[str], host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
           workers: int = 1, parallel: int = 1, max_waiting: int = 16, timeout_s: float = 300.0,
-          max_body_bytes: int = 1 << 20, merge_adapters: bool = False, merge_type: str = "q8_0",
+          max_body_bytes: int = 1 << 20, merge_adapters: bool = False, merge_type: str | None = None,
           overrides: Mapping[str, Any] | None = None, debug: bool = False) -> None:
     import uvicorn
 
