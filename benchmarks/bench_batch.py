@@ -13,9 +13,9 @@ on this CPU (docs/server.md quotes a run: BF16 2.1x at 4 sequences, the
 packaged Q4_1 1.0x). Make a copy of another type with
 ``fslm-edge quantize builtin:smollm2-135m-instruct --type bf16 --out FILE``.
 ``--processes 2``: two copies of the measurement at once, each on its own
-threads, as two decoders of a server decode at once on two cores: where the
-weights' decodes are limited by memory bandwidth (BF16 here) each copy slows
-the other; where they are limited by compute (Q4_0 here) neither does.
+threads, as two workers or two stages' decoders of a server run at once on
+two cores: how much each copy slows the other (docs/server.md, "Merged
+files": a few percent for BF16 and Q4_0 here, 12% for Q8_0).
 Run it alone on the machine.
 """
 
@@ -63,10 +63,10 @@ def batched(decoder, tokens: list[list[int]], sampling) -> tuple[float, int]:
     return time.perf_counter() - started, sum(counts)
 
 
-def at_once(n: int) -> None:
-    """This script without ``--processes``, ``n`` times at once; their tables one after another."""
-    argv = [a for i, a in enumerate(sys.argv[1:]) if a != "--processes" and sys.argv[i] != "--processes"]
-    argv = [a for a in argv if not a.startswith("--processes=")]
+def at_once(n: int, args: argparse.Namespace) -> None:
+    """This measurement with ``args``, ``n`` copies at once; their tables one after another."""
+    argv = [part for gguf in args.gguf for part in ("--gguf", gguf)]
+    argv += ["--sizes", args.sizes, "--tokens", str(args.tokens), "--threads", str(args.threads)]
     copies = [subprocess.Popen([sys.executable, __file__, *argv], stdout=subprocess.PIPE, text=True)
               for _ in range(n)]
     for i, copy in enumerate(copies):
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1, help="copies of the measurement run at once")
     args = parser.parse_args()
     if args.processes > 1:
-        at_once(args.processes)
+        at_once(args.processes, args)
         return
     files = [Path(f) for f in args.gguf] or [resolve_model("smollm2-135m-instruct")]
     sizes = [int(x) for x in args.sizes.split(",")]

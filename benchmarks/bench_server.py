@@ -52,10 +52,15 @@ class Server:
     def __init__(self, stack: str, how: str, sets: list[str]):
         server, *own = how.split(":")  # "parallel=4:stack.threads=2": this server's own settings too
         flag, _, count = server.partition("=")
-        # "parallel=4:merge-adapters:merge-type=q8_0:stack.threads=1": serve flags, then settings (a dotted key)
-        flags = [part for item in own if "." not in item.partition("=")[0]
-                 for part in (f"--{item.partition('=')[0]}", item.partition("=")[2]) if part]
-        sets = sets + [item for item in own if "." in item.partition("=")[0]]
+        # "parallel=4:merge-adapters:merge-type=q8_0:stack.threads=1": serve flags (with a value or not),
+        # and settings (a dotted key)
+        flags: list[str] = []
+        for item in own:
+            key, _, value = item.partition("=")
+            if "." in key:
+                sets = sets + [item]
+            else:
+                flags += [f"--{key}", value] if value else [f"--{key}"]
         args = ["serve", stack, "--port", "0", f"--{flag}", count, "--queue", "64", "--timeout", "600", *flags]
         for item in sets:
             args += ["--set", item]

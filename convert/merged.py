@@ -35,7 +35,7 @@ def merged_folder() -> Path:
 
 
 def merged_file(base: Path, adapter: Path | None, scale: float, folder: Path | None = None, log=None,
-                 qtype: str = "q8_0") -> Path:
+                 qtype: str = MERGE_TYPES[0]) -> Path:
     """``base`` with ``adapter`` (at ``scale``) merged in, as ``qtype`` (``MERGE_TYPES``);
     made unless cached."""
     from .export import load_lora, manifest_first
@@ -69,7 +69,7 @@ def merged_file(base: Path, adapter: Path | None, scale: float, folder: Path | N
 
 
 def merged_overrides(config: StackConfig, folder: Path | None = None, log=None,
-                     qtype: str = "q8_0") -> dict[str, object]:
+                     qtype: str = MERGE_TYPES[0]) -> dict[str, object]:
     """``--set`` overrides that put every stage on its merged ``qtype`` file, adapter cleared."""
     overrides: dict[str, object] = {}
     for stage in config.stages:

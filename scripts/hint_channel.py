@@ -8,7 +8,7 @@ wrong one, or nothing, and count how often the printed answer is right.
 Multiple-choice tasks, typed as ``fslm-edge eval --mode generate`` types them
 and matched by its matcher. The stages before ``--stage`` are given empty
 texts (they only feed it), so each question costs three runs of the stages
-from ``--stage`` on, with nothing generated before the final one. If a gold
+after ``--stage``. If a gold
 hint barely raises the accuracy over the empty text, no earlier stage can
 make the final one better, however good its text: the final stage itself must
 be trained to read it. If it does, the question is how often an earlier stage
