@@ -86,8 +86,9 @@ def test_batched_generations_are_the_lone_ones_and_share_decodes(f16_path, adapt
         decoders.close()
 
 
-def test_more_requests_than_slots_wait_and_all_finish(smollm2_path):
-    decoder = BatchedDecoder(smollm2_path, 512, 1, slots=2)
+def test_more_requests_than_slots_wait_and_all_finish(f16_path):
+    # F16: on the packaged Q4_1 file a near tie can round the other way in other company (module docstring)
+    decoder = BatchedDecoder(f16_path, 512, 1, slots=2)
     try:
         sampling = Sampling(max_tokens=6, temperature=0.0)
         model = decoder.model
