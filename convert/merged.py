@@ -44,7 +44,9 @@ def merged_file(base: Path, adapter: Path | None, scale: float, folder: Path | N
     if qtype not in MERGE_TYPES:
         raise InputError(f"--merge-type must be one of {', '.join(MERGE_TYPES)}, not '{qtype}'")
     folder = Path(folder) if folder is not None else merged_folder()
-    key = fingerprint(sha256_file(base), sha256_file(adapter) if adapter else "", repr(float(scale)))
+    base_sha = sha256_file(base)
+    adapter_sha = sha256_file(adapter) if adapter else ""
+    key = fingerprint(base_sha, adapter_sha, repr(float(scale)))
     name = f"{base.stem}+{adapter.stem}" if adapter else base.stem
     out = folder / f"{name}-{key[:12]}.{qtype}.gguf"
     if out.is_file():
@@ -53,8 +55,8 @@ def merged_file(base: Path, adapter: Path | None, scale: float, folder: Path | N
     if log is not None:
         log(f"fslm-edge: writing {out.name} ({base.name}" + (f" + {adapter.name}" if adapter else "")
             + f", {qtype.upper()})")
-    info = {"kind": f"merged-{qtype}", "base": {"file": base.name, "sha256": sha256_file(base)},
-            "adapter": {"file": adapter.name, "sha256": sha256_file(adapter)} if adapter else None,
+    info = {"kind": f"merged-{qtype}", "base": {"file": base.name, "sha256": base_sha},
+            "adapter": {"file": adapter.name, "sha256": adapter_sha} if adapter else None,
             "adapter_scale": scale}
     with tempfile.TemporaryDirectory(dir=folder, prefix=".merge-") as tmp:
         if adapter is None and qtype == "bf16":

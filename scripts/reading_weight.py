@@ -44,6 +44,7 @@ def option_logprobs(context, choices: list[str]) -> list[float]:
 
 
 def record(stack, task, example) -> dict:
+    from fslm_edge.evaluation.matcher import is_yes_no
     from fslm_edge.stack import CONTENT_FREE
 
     question = task.generate_input(example)
@@ -51,8 +52,8 @@ def record(stack, task, example) -> dict:
     texts = {s.name: stages.get(s.name, "") for s in stack.config.stages}
     empty = dict.fromkeys(texts, "")
     choices = list(example.choices)
-    yes_no = sorted(c.lower() for c in choices) == ["no", "yes"]
-    return {"id": example.id, "task": task.name, "gold": example.answer, "yes_no": yes_no, "texts": stages,
+    return {"id": example.id, "task": task.name, "gold": example.answer, "yes_no": is_yes_no(choices),
+            "texts": stages,
             "read": option_logprobs(stack.score_context(question, texts), choices),
             "unread": option_logprobs(stack.score_context(question, empty), choices),
             "free": option_logprobs(stack.score_context(CONTENT_FREE, empty), choices)}
